@@ -1,0 +1,13 @@
+"""fxtaylor: remove whole feature maps from CNNs, ranked by the activation-Taylor criterion.
+
+Data flow: ``graph`` (which channels are tied) → ``flops`` (what a channel costs) →
+``importance`` (what a channel is worth) → ``pruner`` (the paper's loop) → ``cli`` / ``report``.
+"""
+from .errors import FxTaylorError, PruneError, TraceError
+from .graph import ChannelGraph, ChannelGroup, FeatureMap, Member, trace
+
+__version__ = "0.1.0"
+__all__ = [
+    "ChannelGraph", "ChannelGroup", "FeatureMap", "FxTaylorError", "Member", "PruneError",
+    "TraceError", "trace",
+]

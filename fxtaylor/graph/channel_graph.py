@@ -1,0 +1,295 @@
+"""The channel graph: which channels of a model must be removed together, and where they live.
+
+>>> import torch, torchvision, fxtaylor
+>>> model = torchvision.models.resnet18(weights=None)
+>>> graph = fxtaylor.trace(model, torch.randn(1, 3, 224, 224))
+>>> g = graph.groups[0]
+>>> g.size, [m.name + "." + m.role for m in g.members][:3]  # doctest: +SKIP
+(64, ['conv1.out', 'bn1.norm', 'layer1.0.conv1.in'])
+>>> graph.prune(g, [0, 5])  # removes channel 0 and 5 of that group from every member
+
+Vocabulary: a *space* is one prunable axis of one module (conv output channels, conv input
+channels, batch-norm features, one axis of a free parameter). A *unit* is a set of positions in
+spaces that must go together (channel i of every tensor a residual add ties; a whole group of a
+grouped conv). A :class:`ChannelGroup` is a set of units that share their producers: the thing a
+global ranking compares and a pruner cuts. Group-local channel ``k`` is ``group.units[k]``.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..errors import PruneError
+from . import propagate, rules, surgery
+from .atoms import PARAM, PRODUCER, Atoms, Space
+
+
+@dataclass
+class Member:
+    """One module (or free parameter) axis touched by a group.
+
+    ``positions[i]`` is an index along the member's axis; ``channels[i]`` is the group-local
+    channel it belongs to (several positions can share one: flatten→linear, grouped convs).
+    """
+
+    name: str
+    role: str  # 'out' | 'in' | 'norm' | 'param<d>'
+    kind: str  # atoms.PRODUCER / CONSUMER / NORM / PARAM
+    module_type: str
+    positions: torch.Tensor
+    channels: torch.Tensor
+
+
+@dataclass
+class FeatureMap:
+    """A tensor of the forward pass that carries the group's channels along ``dim``.
+
+    ``channels[j]`` is the group-local channel at index j of that dim, or -1 (the position
+    belongs to another group, e.g. after a concat). ``node`` is the fx node's name; ``target``
+    its module path for module calls (a forward hook there sees the tensor), else the op.
+    """
+
+    node: str
+    op: str
+    target: str
+    kind: str  # rules.UNARY / TIE / PRODUCE
+    dim: int
+    channels: torch.Tensor
+
+
+@dataclass
+class ChannelGroup:
+    index: int
+    units: torch.Tensor  # global unit ids, ascending; group-local channel k = units[k]
+    frozen: list[str] = field(default_factory=list)  # why it cannot be pruned; empty = prunable
+    min_keep: int = 1  # units that must remain
+    _graph: "ChannelGraph | None" = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        """Number of channels (units) the group has now."""
+        return int(self.units.numel())
+
+    @property
+    def prunable(self) -> bool:
+        return not self.frozen and self.size > self.min_keep
+
+    @property
+    def num_prunable(self) -> int:
+        return max(self.size - self.min_keep, 0) if not self.frozen else 0
+
+    @property
+    def members(self) -> list[Member]:
+        return self._graph._members(self)
+
+    @property
+    def feature_maps(self) -> list[FeatureMap]:
+        return self._graph._feature_maps(self)
+
+    @property
+    def width(self) -> int:
+        """Output channels per unit in the producers (1, or a conv group's width)."""
+        prod = [m for m in self.members if m.kind == PRODUCER]
+        return prod[0].positions.numel() // max(self.size, 1) if prod else 1
+
+    def __repr__(self) -> str:
+        prod = [m.name for m in self.members if m.kind == PRODUCER]
+        state = "prunable" if self.prunable else ("frozen: " + "; ".join(self.frozen[:2]) if self.frozen else "at minimum")
+        return f"ChannelGroup({self.index}, size={self.size}, producers={prod[:4]}{'...' if len(prod) > 4 else ''}, {state})"
+
+
+class ChannelGraph:
+    """Channel groups of a model, built by :func:`trace`; prunes the model through them."""
+
+    def __init__(self, model: nn.Module, fx_graph: fx.Graph, prop: propagate.ChannelProp, ignored: set[str], opaque: set[str]):
+        self.model = model
+        self.fx_graph = fx_graph
+        self.opaque = sorted(opaque)
+        atoms = prop.atoms
+        for (name, _), sp in atoms.spaces.items():
+            if name in ignored:
+                atoms.freeze(sp.atoms, f"touches ignored layer {name}")
+        root = atoms.classes()
+        unit_of_atom, n_units = _units(atoms, root)
+        group_of_unit = _groups(atoms, unit_of_atom, n_units)
+        n_groups = int(group_of_unit.max()) + 1 if n_units else 0
+        self.groups = [
+            ChannelGroup(i, torch.nonzero(group_of_unit == i).flatten(), _graph=self) for i in range(n_groups)
+        ]
+        for atoms_frozen, reason in atoms.freezes:
+            u = unit_of_atom[atoms_frozen]
+            for gi in torch.unique(group_of_unit[u[u >= 0]]).tolist():
+                if reason not in self.groups[gi].frozen:
+                    self.groups[gi].frozen.append(reason)
+        # Per-space unit maps: the only state pruning has to keep in sync with the model.
+        self.spaces: dict[tuple[str, str], Space] = atoms.spaces
+        self.unit_maps: dict[tuple[str, str], torch.Tensor] = {
+            k: unit_of_atom[sp.start : sp.start + sp.size] for k, sp in atoms.spaces.items()
+        }
+        self.group_of_unit = group_of_unit
+        self.node_maps = _feature_map_nodes(fx_graph, prop, unit_of_atom)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    def group_of(self, name: str, role: str = "out") -> ChannelGroup | None:
+        """The group holding channel 0 of space (module name, role), e.g. ('layer1.0.conv1', 'out')."""
+        units = self.unit_maps.get((name, role))
+        if units is None or not (units >= 0).any():
+            return None
+        return self.groups[int(self.group_of_unit[units[units >= 0][0]])]
+
+    def _members(self, g: ChannelGroup) -> list[Member]:
+        out = []
+        for key, units in self.unit_maps.items():
+            pos, local = _locate(units, g.units)
+            if pos.numel():
+                sp = self.spaces[key]
+                out.append(Member(key[0], key[1], sp.kind, sp.module_type, pos, local))
+        return out
+
+    def _feature_maps(self, g: ChannelGroup) -> list[FeatureMap]:
+        out = []
+        for (node, op, target, kind, dim), units in self.node_maps.items():
+            pos, local = _locate(units, g.units)
+            if pos.numel():
+                channels = torch.full_like(units, -1)
+                channels[pos] = local
+                out.append(FeatureMap(node, op, target, kind, dim, channels))
+        return out
+
+    def summary(self) -> str:
+        """One line per group: size, producers, prunable or why not."""
+        return "\n".join(repr(g) for g in self.groups)
+
+    # -- pruning -----------------------------------------------------------------------------
+
+    def prune(self, group: ChannelGroup, channels: Sequence[int] | torch.Tensor) -> None:
+        """Remove group-local ``channels`` of ``group`` from every member of the model.
+
+        The surgery is torch-pruning's per-layer functions; afterwards the graph describes the
+        pruned model (channel k of a group is again ``group.units[k]``), so it can be reused.
+        """
+        if group._graph is not self:
+            raise PruneError("this group belongs to another channel graph")
+        idx = torch.as_tensor(list(channels) if not isinstance(channels, torch.Tensor) else channels, dtype=torch.long).flatten()
+        if group.frozen:
+            raise PruneError(f"group {group.index} is frozen: {'; '.join(group.frozen)}")
+        if idx.numel() == 0:
+            return
+        if idx.unique().numel() != idx.numel() or int(idx.min()) < 0 or int(idx.max()) >= group.size:
+            raise PruneError(f"group {group.index}: channel indices must be distinct and in [0, {group.size})")
+        if group.size - idx.numel() < group.min_keep:
+            raise PruneError(f"group {group.index}: must keep at least {group.min_keep} of {group.size} channels")
+        gone = group.units[idx]
+        by_module: dict[str, dict[str, list[int]]] = defaultdict(dict)
+        params: list[tuple[str, int, list[int]]] = []
+        for key, units in self.unit_maps.items():
+            hit = torch.isin(units, gone)
+            if not bool(hit.any()):
+                continue
+            pos = torch.nonzero(hit).flatten().tolist()
+            if self.spaces[key].kind == PARAM:
+                params.append((key[0], int(key[1][len("param"):]), pos))
+            else:
+                by_module[key[0]][key[1]] = pos
+            self.unit_maps[key] = units[~hit]
+        for name, removed in by_module.items():
+            surgery.prune_module(self.model.get_submodule(name), removed)
+        for path, dim, pos in params:
+            surgery.prune_parameter(self.model, path, dim, pos)
+        for key, units in self.node_maps.items():
+            self.node_maps[key] = units[~torch.isin(units, gone)]
+        group.units = group.units[~torch.isin(group.units, gone)]
+
+
+def _locate(units: torch.Tensor, group_units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of ``units`` that belong to the group, and their group-local channel."""
+    hit = torch.isin(units, group_units)
+    pos = torch.nonzero(hit).flatten()
+    return pos, torch.searchsorted(group_units, units[pos])
+
+
+def _units(atoms: Atoms, root: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Number the tie classes that contain a producer channel; other atoms map to -1."""
+    has_prod = torch.zeros(atoms.n, dtype=torch.bool)
+    has_prod[root[atoms.is_producer()]] = True
+    roots = torch.nonzero(has_prod).flatten()  # ascending = first allocated producer first
+    number = torch.full((atoms.n,), -1, dtype=torch.long)
+    number[roots] = torch.arange(roots.numel())
+    return number[root], int(roots.numel())
+
+
+def _groups(atoms: Atoms, unit_of_atom: torch.Tensor, n_units: int) -> torch.Tensor:
+    """Group id of each unit: units reached from the same producer space share a group."""
+    a, b = [], []
+    for sp in atoms.spaces.values():
+        if sp.kind == PRODUCER and sp.size > 1:
+            u = unit_of_atom[sp.start : sp.start + sp.size]
+            a.append(u[:1].expand(sp.size - 1))
+            b.append(u[1:])
+    if not n_units:
+        return torch.zeros(0, dtype=torch.long)
+    helper = Atoms(n=n_units)
+    if a:
+        helper.ties.append((torch.cat(a), torch.cat(b)))
+    root = helper.classes()
+    _, gid = torch.unique(root, return_inverse=True)  # roots are ascending -> groups in order
+    return gid
+
+
+def _feature_map_nodes(fx_graph: fx.Graph, prop: propagate.ChannelProp, unit_of_atom: torch.Tensor) -> dict:
+    """The tensors the Taylor criterion can observe: where a channel's value is final.
+
+    A node carrying channels on one dim qualifies if it is produced by a PRODUCE, UNARY or TIE
+    op and is the *end* of its chain: not consumed solely by one more UNARY op (so for
+    conv→bn→relu→conv only the relu output is kept, for conv→bn→add both bn and add are).
+    """
+    keep = (rules.UNARY, rules.TIE, rules.PRODUCE)
+    out = {}
+    for n in fx_graph.nodes:
+        kind = prop.kinds.get(n)
+        ann = prop.anns.get(n, ())
+        if kind not in keep or not ann or isinstance(ann, propagate.Multi):
+            continue
+        users = list(n.users)
+        if len(users) == 1 and prop.kinds.get(users[0]) == rules.UNARY and users[0].args and users[0].args[0] is n:
+            continue
+        for f in ann:
+            if not f.single:
+                continue
+            units = torch.where(f.atoms >= 0, unit_of_atom[f.atoms.clamp(min=0)], -1)
+            if bool((units >= 0).any()):
+                target = str(n.target) if n.op in ("call_module", "call_method") else getattr(n.target, "__name__", str(n.target))
+                out[(n.name, n.op, target, kind, f.dims[0])] = units
+    return out
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    ignored_layers: Iterable[nn.Module | str] = (),
+    leaf_modules: Iterable[type | str | nn.Module] = (),
+) -> ChannelGraph:
+    """Build the :class:`ChannelGraph` of ``model``.
+
+    ``example_inputs``: a tensor or tuple of tensors on the model's device (batch size 1 is
+    enough; only shapes matter). ``ignored_layers``: modules (or their names) whose channels
+    must not change; every group touching them is frozen. ``leaf_modules``: module types,
+    names or instances fx should not trace into (e.g. ones with data-dependent control flow);
+    their channels are frozen and listed in ``graph.opaque``.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    ignored = {names.get(id(m), m) if isinstance(m, nn.Module) else m for m in ignored_layers}
+    fx_graph, opaque = propagate.symbolic_trace(model, tuple(leaf_modules))
+    prop = propagate.run(model, fx_graph, example_inputs, opaque)
+    return ChannelGraph(model, fx_graph, prop, ignored, opaque)

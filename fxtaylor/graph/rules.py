@@ -1,0 +1,574 @@
+"""Channel rules: one small function per kind of op, and the table that maps ops to them.
+
+Every rule has the same signature, ``rule(c: Call) -> Ann`` (or ``Multi`` for ops with several
+outputs): it reads the annotations of the op's inputs (``c.ann(i)``), records what the op ties
+or freezes in ``c.atoms``, and returns the annotation of the op's output. Rules never look at
+other nodes. Adding support for an op = writing (or reusing) a rule and adding a row to one of
+the tables at the bottom (:data:`MODULE_RULES`, :data:`FUNCTION_RULES`, :data:`METHOD_RULES`).
+
+Each row also says what *kind* of op it is. The kind is only read when the graph picks the
+tensors the Taylor criterion observes (see ``channel_graph.feature_maps``):
+
+- ``UNARY``: one tensor in, same channels out, position by position (activations, norms,
+  pooling, dropout). A feature map is read at the end of a chain of these.
+- ``TIE``: several tensors combined position by position (add, mul): their channels are tied.
+- ``PRODUCE``: makes new channels (conv, linear).
+- ``SHAPE``: moves, merges or selects positions (view, cat, split, getitem).
+"""
+from __future__ import annotations
+
+import operator
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.fx as fx
+from torchvision.ops import stochastic_depth
+
+from .atoms import CONSUMER, NO_ATOM, NORM, PRODUCER, Ann, Factor
+from .call import Call, Multi, factor_on, without
+
+UNARY, TIE, PRODUCE, SHAPE, OTHER = "unary", "tie", "produce", "shape", "other"
+
+
+class Rule(NamedTuple):
+    fn: Callable[[Call], Ann]
+    kind: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the rules
+
+
+def _probe(f: Factor, shape: torch.Size) -> torch.Tensor:
+    """An int64 tensor of ``shape`` whose value at each position is the atom there."""
+    order = sorted(range(len(f.dims)), key=lambda i: f.dims[i])
+    view = [1] * len(shape)
+    for d in f.dims:
+        view[d] = shape[d]
+    return f.atoms.permute(order).reshape(view).expand(shape).contiguous()
+
+
+def _unprobe(p: torch.Tensor) -> Factor | None:
+    """Inverse of :func:`_probe`: the dims the atoms vary along, and the atoms there."""
+    if p.numel() == 0:
+        return None
+    dims = tuple(d for d in range(p.dim()) if p.shape[d] > 1 and not bool((p == p.narrow(d, 0, 1)).all()))
+    if not dims:
+        return None
+    index = tuple(slice(None) if d in dims else 0 for d in range(p.dim()))
+    return Factor(dims, p[index])
+
+
+def _same_atoms(a: torch.Tensor, b: torch.Tensor) -> bool:
+    ua, ub = torch.unique(a), torch.unique(b)
+    return torch.equal(ua[ua >= 0], ub[ub >= 0])
+
+
+def _norm_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def _freeze_inputs(c: Call, reason: str) -> None:
+    for a in c.all_input_anns():
+        c.atoms.freeze_ann(a, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+
+
+def passthrough(c: Call) -> Ann:
+    """Same channels in and out (activations, pooling, dropout, dtype/device moves)."""
+    x = c.args[0] if c.args else None
+    if isinstance(x, torch.Tensor) and isinstance(c.out, torch.Tensor) and x.dim() != c.out.dim():
+        _freeze_inputs(c, f"{c.name} changed the number of dims")
+        return ()
+    return c.ann(0)
+
+
+def elementwise(c: Call) -> Ann:
+    """Broadcasting ops (add, mul, SE scaling, where): operands tie position by position.
+
+    A non-broadcast operand that carries no channel on a dim where another one does (a
+    constant, an input image) pins those channels: they are frozen rather than mis-pruned.
+    """
+    out = c.out
+    if not isinstance(out, torch.Tensor):
+        return ()
+    nd = out.dim()
+    operands = c.tensor_args()
+    on_dim: dict[int, list[torch.Tensor]] = {}
+    for v, ann in operands:
+        off = nd - v.dim()
+        for f in ann:
+            if f.single and v.shape[f.dims[0]] == out.shape[f.dims[0] + off]:
+                on_dim.setdefault(f.dims[0] + off, []).append(f.atoms)
+            else:
+                c.atoms.freeze(f.atoms, f"{c.name}: channels broadcast or mixed with other dims")
+    result = []
+    for d, lists in on_dim.items():
+        if any(_bare(v, ann, d - (nd - v.dim()), out.shape[d]) for v, ann in operands):
+            for a in lists:
+                c.atoms.freeze(a, f"{c.name}: combined with a tensor that carries no prunable channels")
+            continue
+        for a in lists[1:]:
+            c.atoms.tie(lists[0], a)
+        stacked = torch.stack(lists)
+        holes = (stacked < 0).any(0) & (stacked >= 0).any(0)
+        if bool(holes.any()):
+            c.atoms.freeze(stacked[:, holes], f"{c.name}: combined with positions that carry no channel")
+        result.append(Factor((d,), stacked.max(0).values))
+    return tuple(result)
+
+
+def _bare(v: torch.Tensor, ann: Ann, d: int, size: int) -> bool:
+    """Operand ``v`` spans dim ``d`` at full size but carries no (single-dim) channels there."""
+    if not 0 <= d < v.dim() or v.shape[d] != size or size == 1:
+        return False
+    f = factor_on(ann, d)
+    return f is None or not f.single
+
+
+def shape_op(c: Call) -> Ann:
+    """Views, reshapes, permutes, flatten, getitem, roll...: replay the op on an index probe.
+
+    Whatever the op does to positions, it does to the probe, so the output's atoms are exact
+    (a flatten expands one channel to H·W features; a channel shuffle becomes a permutation).
+    Two things the probe cannot see are decided from the call itself:
+
+    - a channel dim selected by a constant index or slice cannot follow pruning: frozen;
+    - a reshape that splits a channel dim into a constant-size dim and a computed one (the
+      ``view(n, groups, c // groups, h, w)`` of a channel shuffle) keeps working after pruning
+      only if every constant-size slice loses the same positions: those are tied.
+    """
+    x = c.args[0]
+    if not isinstance(x, torch.Tensor) or not c.ann(0):
+        return ()
+    outs = []
+    for f in c.ann(0):
+        p = c.call_on()(_probe(f, x.shape))
+        g = _unprobe(p) if isinstance(p, torch.Tensor) else None
+        if g is None or not _same_atoms(g.atoms, f.atoms):
+            c.atoms.freeze(f.atoms, f"{c.name}: selects channels by a fixed index")
+            continue
+        fixed = _constant_size_dims(c, g.dims)
+        if fixed:
+            free = [d for d in g.dims if d not in fixed]
+            if len(free) != 1:
+                c.atoms.freeze(f.atoms, f"{c.name}: reshapes channels to a fixed size")
+                continue
+            for d in fixed:
+                a = g.atoms.movedim(g.dims.index(d), 0)
+                c.atoms.tie(a[:1].expand_as(a), a)
+        outs.append(g)
+    seen = [d for g in outs for d in g.dims]
+    if len(seen) != len(set(seen)):
+        for g in outs:
+            c.atoms.freeze(g.atoms, f"{c.name}: merges channels of different spaces")
+        return ()
+    return tuple(outs)
+
+
+def _constant_size_dims(c: Call, dims: tuple[int, ...]) -> list[int]:
+    """Output dims among ``dims`` whose size is a literal in a view/reshape call."""
+    n = c.node
+    name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+    if name not in ("view", "reshape"):
+        return []
+    sizes = n.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    if "shape" in n.kwargs or "size" in n.kwargs:
+        sizes = n.kwargs.get("shape", n.kwargs.get("size"))
+    return [d for d in dims if d < len(sizes) and isinstance(sizes[d], int) and sizes[d] != -1]
+
+
+def cat(c: Call) -> Ann:
+    """``torch.cat``: positions along ``dim`` are concatenated, the other dims tie like an add."""
+    xs = c.arg(0, "tensors")
+    raws = c.node.args[0] if c.node.args else c.node.kwargs["tensors"]
+    anns = [c.anns.get(r, ()) if isinstance(r, fx.Node) else () for r in raws]
+    nd = c.out.dim()
+    dim = _norm_dim(c.arg(1, "dim", 0), nd)
+    if not any(anns):
+        return ()
+    if any(not f.single for a in anns for f in a):
+        for a in anns:
+            c.atoms.freeze_ann(a, f"{c.name}: multi-dim channel factor")
+        return ()
+    along = [factor_on(a, dim) for a in anns]
+    out: list[Factor] = []
+    if any(along):
+        pieces = [f.atoms if f else torch.full((x.shape[dim],), NO_ATOM) for f, x in zip(along, xs)]
+        out.append(Factor((dim,), torch.cat(pieces)))
+    others = sorted({d for a in anns for f in a for d in f.dims if d != dim})
+    for d in others:
+        fs = [factor_on(a, d) for a in anns]
+        if not all(fs):
+            for f in fs:
+                if f is not None:
+                    c.atoms.freeze(f.atoms, f"{c.name}: joined with a tensor that carries no channels")
+            continue
+        for f in fs[1:]:
+            c.atoms.tie(fs[0].atoms, f.atoms)
+        out.append(fs[0])
+    return tuple(out)
+
+
+def chunk(c: Call) -> Multi:
+    """``chunk(k, dim)``: the pieces stay equal after pruning only if each loses the same
+    positions, so position j of every piece is tied (ShuffleNetV2's split)."""
+    x = c.args[0]
+    dim = _norm_dim(c.arg(2, "dim", 0), x.dim())
+    outs = list(c.out)
+    f = factor_on(c.ann(0), dim)
+    rest = without(c.ann(0), dim)
+    if f is None:
+        return Multi(rest for _ in outs)
+    k = len(outs)
+    if not f.single or x.shape[dim] % k:
+        c.atoms.freeze(f.atoms, f"{c.name}: uneven chunks of a channel dim")
+        return Multi(rest for _ in outs)
+    rows = f.atoms.view(k, -1)
+    c.atoms.tie(rows[:1].expand_as(rows), rows)
+    return Multi(rest + (Factor((dim,), rows[i]),) for i in range(k))
+
+
+def split(c: Call) -> Multi:
+    """``split``/``unbind`` along a channel dim use fixed sizes: those channels are frozen."""
+    x = c.args[0]
+    name = c.node.target if c.node.op == "call_method" else c.node.target.__name__
+    dim = _norm_dim(c.arg(1 if name == "unbind" else 2, "dim", 0), x.dim())
+    f = factor_on(c.ann(0), dim)
+    if f is not None:
+        c.atoms.freeze(f.atoms, f"{c.name}: fixed-size split of a channel dim")
+    rest = without(c.ann(0), dim)
+    if name == "unbind":  # the dim disappears
+        rest = tuple(Factor(tuple(d - (d > dim) for d in g.dims), g.atoms) for g in rest)
+    return Multi(rest for _ in c.out)
+
+
+def getitem(c: Call) -> Ann:
+    """Element of a multi-output op, or tensor indexing (replayed on a probe)."""
+    src = c.node.args[0]
+    if isinstance(c.args[0], torch.Tensor):
+        return shape_op(c)
+    a = c.anns.get(src, ())
+    if isinstance(a, Multi):
+        return a[c.args[1]] if not isinstance(c.args[1], slice) else Multi(a[c.args[1]])
+    return ()
+
+
+def reduce(c: Call) -> Ann:
+    """mean/sum/amax over dims: channels on reduced dims are frozen, the others renumbered."""
+    x = c.args[0]
+    if not isinstance(x, torch.Tensor):
+        return ()
+    dims = c.arg(1, "dim", None)
+    keep = bool(c.arg(2, "keepdim", False))
+    if dims is None:
+        dims = list(range(x.dim()))
+    dims = {_norm_dim(d, x.dim()) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+    out = []
+    for f in c.ann(0):
+        if set(f.dims) & dims:
+            c.atoms.freeze(f.atoms, f"{c.name}: reduces over a channel dim")
+            continue
+        shift = (lambda d: d) if keep else (lambda d: d - sum(r < d for r in dims))
+        out.append(Factor(tuple(shift(d) for d in f.dims), f.atoms))
+    return tuple(out)
+
+
+def along_dim(c: Call) -> Ann:
+    """softmax-like ops mix positions along ``dim``: channels there are frozen, others pass."""
+    x = c.args[0]
+    d = c.arg(1, "dim", None)
+    if d is None and c.module is not None:
+        d = getattr(c.module, "dim", None)
+    if d is None:
+        _freeze_inputs(c, f"{c.name}: no dim given")
+        return ()
+    d = _norm_dim(d, x.dim())
+    f = factor_on(c.ann(0), d)
+    if f is not None:
+        c.atoms.freeze(f.atoms, f"{c.name}: mixes channels along dim {d}")
+    return without(c.ann(0), d)
+
+
+def pad(c: Call) -> Ann:
+    """``F.pad`` pads the last len(pad)//2 dims: a channel dim among them is frozen."""
+    x = c.args[0]
+    padded = range(x.dim() - len(c.arg(1, "pad")) // 2, x.dim())
+    for f in c.ann(0):
+        if set(f.dims) & set(padded):
+            c.atoms.freeze(f.atoms, f"{c.name}: pads a channel dim")
+    return tuple(f for f in c.ann(0) if not set(f.dims) & set(padded))
+
+
+def channel_shuffle(c: Call) -> Ann:
+    """``F.channel_shuffle`` / ``nn.ChannelShuffle``: a fixed permutation of (groups, C/groups)."""
+    groups = c.module.groups if c.module is not None else c.arg(1, "groups")
+    f = factor_on(c.ann(0), 1)
+    if f is None:
+        return c.ann(0)
+    if not f.single or f.atoms.numel() % groups:
+        c.atoms.freeze(f.atoms, f"{c.name}: uneven shuffle groups")
+        return without(c.ann(0), 1)
+    grid = f.atoms.view(groups, -1)
+    c.atoms.tie(grid[:1].expand_as(grid), grid)
+    return without(c.ann(0), 1) + (Factor((1,), grid.t().reshape(-1)),)
+
+
+def _consume(c: Call, x_ann: Ann, dim: int, space_atoms: torch.Tensor) -> None:
+    """Tie the channels of the input dim ``dim`` to a module's input space."""
+    f = factor_on(x_ann, dim)
+    if f is None or not f.single:
+        if f is not None:
+            c.atoms.freeze(f.atoms, f"{c.name}: input channels mixed with other dims")
+        c.atoms.freeze(space_atoms, f"{c.name}: input channels come from a tensor that cannot be pruned")
+        return
+    c.atoms.tie(f.atoms, space_atoms)
+    holes = f.atoms < 0
+    if bool(holes.any()):
+        c.atoms.freeze(space_atoms[holes], f"{c.name}: some input channels cannot be pruned")
+
+
+def conv(c: Call) -> Ann:
+    """Conv: consumes channels on dim 1, produces ``out_channels`` new ones. A grouped conv
+    (depthwise included) ties input block k to output block k: whole groups go, or none."""
+    m, typ = c.module, type(c.module).__name__
+    x = c.args[0]
+    cin = c.atoms.space(c.name, "in", CONSUMER, m.in_channels, typ).atoms
+    cout = c.atoms.space(c.name, "out", PRODUCER, m.out_channels, typ).atoms
+    batched = x.dim() == len(m.kernel_size) + 2
+    dim = 1 if batched else 0
+    for f in c.ann(0):
+        if dim not in f.dims:
+            c.atoms.freeze(f.atoms, f"{c.name}: channels on a spatial dim")
+    _consume(c, c.ann(0), dim, cin)
+    if m.groups > 1:
+        ins, outs = cin.view(m.groups, -1), cout.view(m.groups, -1)
+        c.atoms.tie(ins[:, :1].expand_as(ins), ins)
+        c.atoms.tie(ins[:, :1].expand_as(outs), outs)
+    return (Factor((dim,), cout),)
+
+
+def linear(c: Call) -> Ann:
+    """Linear: consumes the last dim, produces ``out_features``; other dims pass through."""
+    m, typ = c.module, type(c.module).__name__
+    d = c.args[0].dim() - 1
+    cin = c.atoms.space(c.name, "in", CONSUMER, m.in_features, typ).atoms
+    cout = c.atoms.space(c.name, "out", PRODUCER, m.out_features, typ).atoms
+    _consume(c, c.ann(0), d, cin)
+    return without(c.ann(0), d) + (Factor((d,), cout),)
+
+
+def embedding(c: Call) -> Ann:
+    """Embedding: indices in, ``embedding_dim`` new channels on a new last dim."""
+    m = c.module
+    cout = c.atoms.space(c.name, "out", PRODUCER, m.embedding_dim, type(m).__name__).atoms
+    return c.ann(0) + (Factor((c.out.dim() - 1,), cout),)
+
+
+def _norm_on(c: Call, dim: int, size: int) -> Ann:
+    """A per-channel parameter set (BN, affine IN, PReLU) follows the channels on ``dim``."""
+    sp = c.atoms.space(c.name, "norm", NORM, size, type(c.module).__name__).atoms
+    f = factor_on(c.ann(0), dim)
+    if f is None or not f.single:
+        c.atoms.freeze(sp, f"{c.name}: normalises channels that cannot be pruned")
+        if f is not None:
+            c.atoms.freeze(f.atoms, f"{c.name}: channels mixed with other dims")
+        return without(c.ann(0), dim)
+    c.atoms.tie(f.atoms, sp)
+    return c.ann(0)
+
+
+def batchnorm(c: Call) -> Ann:
+    return _norm_on(c, 1 if c.args[0].dim() > 1 else 0, c.module.num_features)
+
+
+def instancenorm(c: Call) -> Ann:
+    m = c.module
+    if not (m.affine or m.track_running_stats):
+        return passthrough(c)
+    unbatched = c.args[0].dim() == m._get_no_batch_dim()
+    return _norm_on(c, 0 if unbatched else 1, m.num_features)
+
+
+def prelu(c: Call) -> Ann:
+    if c.module.num_parameters == 1:
+        return passthrough(c)
+    return _norm_on(c, 1, c.module.num_parameters)
+
+
+def layernorm(c: Call) -> Ann:
+    """LayerNorm over the last dims. Over one channel dim its affine follows the channels
+    (note: removing a channel changes the statistics of the others; see docs/graph.md)."""
+    m, x = c.module, c.args[0]
+    k = len(m.normalized_shape)
+    normed = set(range(x.dim() - k, x.dim()))
+    for f in c.ann(0):
+        if set(f.dims) & normed and not (k == 1 and f.dims == (x.dim() - 1,)):
+            c.atoms.freeze(f.atoms, f"{c.name}: normalises over several dims")
+    if k == 1 and factor_on(c.ann(0), x.dim() - 1) is not None:
+        if m.elementwise_affine:
+            return _norm_on(c, x.dim() - 1, m.normalized_shape[0])
+        return c.ann(0)
+    return tuple(f for f in c.ann(0) if not set(f.dims) & normed)
+
+
+def frozen(reason: str) -> Callable[[Call], Ann]:
+    """For ops whose channel semantics fxtaylor chooses not to prune through (GroupNorm...)."""
+
+    def rule(c: Call) -> Ann:
+        _freeze_inputs(c, f"{c.name}: {reason}")
+        return ()
+
+    rule.__name__ = "frozen"
+    return rule
+
+
+def no_channels(c: Call) -> Ann:
+    """Ops whose result carries no channels and that constrain none (size, dim, shape)."""
+    return ()
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables. Module rows match by isinstance, most specific class first.
+
+_ACTIVATIONS = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
+)
+_POOLS = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
+)
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+MODULE_RULES: dict[type, Rule] = {
+    **{t: Rule(passthrough, UNARY) for t in _ACTIVATIONS + _POOLS + _DROPOUTS},
+    nn.Conv1d: Rule(conv, PRODUCE),
+    nn.Conv2d: Rule(conv, PRODUCE),
+    nn.Conv3d: Rule(conv, PRODUCE),
+    nn.Linear: Rule(linear, PRODUCE),
+    nn.Embedding: Rule(embedding, PRODUCE),
+    nn.BatchNorm1d: Rule(batchnorm, UNARY),
+    nn.BatchNorm2d: Rule(batchnorm, UNARY),
+    nn.BatchNorm3d: Rule(batchnorm, UNARY),
+    nn.SyncBatchNorm: Rule(batchnorm, UNARY),
+    nn.LayerNorm: Rule(layernorm, UNARY),
+    nn.PReLU: Rule(prelu, UNARY),
+    nn.InstanceNorm1d: Rule(instancenorm, UNARY),
+    nn.InstanceNorm2d: Rule(instancenorm, UNARY),
+    nn.InstanceNorm3d: Rule(instancenorm, UNARY),
+    nn.GroupNorm: Rule(frozen("GroupNorm needs channels divisible by num_groups"), OTHER),
+    nn.LocalResponseNorm: Rule(frozen("LocalResponseNorm mixes neighbouring channels"), OTHER),
+    nn.Flatten: Rule(shape_op, SHAPE),
+    nn.Unflatten: Rule(shape_op, SHAPE),
+    nn.ChannelShuffle: Rule(channel_shuffle, SHAPE),
+    nn.Softmax: Rule(along_dim, OTHER),
+    nn.LogSoftmax: Rule(along_dim, OTHER),
+}
+
+_SAME_SHAPE_FUNCS = (
+    F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.softplus, torch.relu, torch.relu_,
+    torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.sqrt, torch.clamp, operator.neg,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone,
+    stochastic_depth,
+)
+# stochastic_depth: torchvision wraps it for fx; it scales whole samples, never single channels.
+_UNARY_FUNCS = _SAME_SHAPE_FUNCS + (
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
+)
+_TIE_FUNCS = (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
+    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
+    torch.maximum, torch.minimum,
+)
+_SHAPE_FUNCS = (
+    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.t, torch.unsqueeze,
+    torch.squeeze, torch.movedim, torch.unflatten, torch.roll, torch.flip, torch.narrow,
+)
+
+FUNCTION_RULES: dict[Callable, Rule] = {
+    **{f: Rule(passthrough, UNARY) for f in _UNARY_FUNCS},
+    **{f: Rule(elementwise, TIE) for f in _TIE_FUNCS},
+    **{f: Rule(shape_op, SHAPE) for f in _SHAPE_FUNCS},
+    operator.getitem: Rule(getitem, SHAPE),
+    torch.cat: Rule(cat, SHAPE),
+    torch.concat: Rule(cat, SHAPE),
+    torch.concatenate: Rule(cat, SHAPE),
+    torch.chunk: Rule(chunk, SHAPE),
+    torch.split: Rule(split, SHAPE),
+    torch.unbind: Rule(split, SHAPE),
+    torch.mean: Rule(reduce, OTHER),
+    torch.sum: Rule(reduce, OTHER),
+    torch.amax: Rule(reduce, OTHER),
+    torch.amin: Rule(reduce, OTHER),
+    F.softmax: Rule(along_dim, OTHER),
+    F.log_softmax: Rule(along_dim, OTHER),
+    F.pad: Rule(pad, UNARY),
+    F.channel_shuffle: Rule(channel_shuffle, SHAPE),
+    getattr: Rule(no_channels, OTHER),
+    operator.floordiv: Rule(no_channels, OTHER),
+}
+
+_SAME_SHAPE_METHODS = (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "sqrt", "clamp", "clamp_",
+    "contiguous", "clone", "detach", "neg",
+)
+_TIE_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")
+
+METHOD_RULES: dict[str, Rule] = {
+    **{m: Rule(passthrough, UNARY) for m in _SAME_SHAPE_METHODS + (
+        "to", "type", "float", "half", "double", "bfloat16", "cuda", "cpu", "type_as",
+    )},
+    **{m: Rule(elementwise, TIE) for m in _TIE_METHODS},
+    **{m: Rule(shape_op, SHAPE) for m in (
+        "view", "reshape", "flatten", "permute", "transpose", "t", "unsqueeze", "squeeze",
+        "expand", "expand_as", "movedim", "unflatten", "roll", "flip", "narrow", "repeat",
+    )},
+    "chunk": Rule(chunk, SHAPE),
+    "split": Rule(split, SHAPE),
+    "unbind": Rule(split, SHAPE),
+    "mean": Rule(reduce, OTHER),
+    "sum": Rule(reduce, OTHER),
+    "amax": Rule(reduce, OTHER),
+    "amin": Rule(reduce, OTHER),
+    "softmax": Rule(along_dim, OTHER),
+    "log_softmax": Rule(along_dim, OTHER),
+    "size": Rule(no_channels, OTHER),
+    "dim": Rule(no_channels, OTHER),
+}
+
+
+# Ops whose output has the shape of their first input (or of the broadcast of their inputs):
+# on meta tensors propagate.py skips running them, as their meta kernels are slow Python.
+SAME_SHAPE_MODULES = _ACTIVATIONS + _DROPOUTS + (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.PReLU,
+)
+SAME_SHAPE_FUNCS = frozenset(_SAME_SHAPE_FUNCS)
+SAME_SHAPE_METHODS = frozenset(_SAME_SHAPE_METHODS)
+BROADCAST_FUNCS = frozenset(_TIE_FUNCS)
+BROADCAST_METHODS = frozenset(_TIE_METHODS)
+
+
+def lookup(node: fx.Node, module: nn.Module | None) -> Rule | None:
+    """The rule for a node, or None when fxtaylor has none (the caller freezes around it)."""
+    if node.op == "call_module":
+        for t in type(module).__mro__:
+            if t in MODULE_RULES:
+                return MODULE_RULES[t]
+        return None
+    if node.op == "call_function":
+        return FUNCTION_RULES.get(node.target)
+    if node.op == "call_method":
+        return METHOD_RULES.get(node.target)
+    return None
