@@ -50,17 +50,25 @@ Ann = tuple
 
 @dataclass
 class Space:
-    """One prunable axis of one module or parameter."""
+    """One prunable axis of one module or parameter.
+
+    Producer and parameter spaces own a fresh range of atoms. Consumer and norm spaces own
+    none: their positions *are* the channels of the tensor they read (``alias``), which keeps
+    the number of atoms (and of ties) to the number of channels that really exist.
+    """
 
     name: str  # module path, or parameter path for PARAM spaces
     role: str  # 'out' | 'in' | 'norm' | 'param<d>'
     kind: str
-    start: int  # first atom id
+    start: int  # first atom id, -1 for an alias
     size: int
     module_type: str = ""
+    alias: torch.Tensor | None = None
 
     @property
     def atoms(self) -> torch.Tensor:
+        if self.alias is not None:
+            return self.alias
         return torch.arange(self.start, self.start + self.size)
 
 
@@ -81,9 +89,30 @@ class Atoms:
             sp = Space(name, role, kind, self.n, size, module_type)
             self.spaces[key] = sp
             self.n += size
-        elif sp.size != size:
+        elif sp.size != size or sp.alias is not None:
             raise ValueError(f"{name}.{role}: seen with {sp.size} and {size} channels")
         return sp
+
+    def alias(self, name: str, role: str, kind: str, atoms: torch.Tensor, module_type: str = "") -> torch.Tensor:
+        """The space (name, role) whose positions are ``atoms`` (NO_ATOM: not prunable).
+
+        A module called again reads position j from another tensor: both must go together, so
+        the new atoms are tied to the first call's; a position with a channel in one call and
+        none in the other is frozen. Returns the space's atoms.
+        """
+        key = (name, role)
+        sp = self.spaces.get(key)
+        if sp is None:
+            self.spaces[key] = Space(name, role, kind, -1, atoms.numel(), module_type, atoms)
+            return atoms
+        old = sp.atoms
+        if old.numel() != atoms.numel():
+            raise ValueError(f"{name}.{role}: seen with {old.numel()} and {atoms.numel()} channels")
+        self.tie(old, atoms)
+        odd = (old < 0) != (atoms < 0)
+        if bool(odd.any()):
+            self.freeze(torch.cat([old[odd], atoms[odd]]), f"{name}: called on inputs with and without channels")
+        return old
 
     def tie(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Atoms a[i] and b[i] must be removed together. NO_ATOM positions are skipped."""

@@ -129,7 +129,7 @@ class ChannelGraph:
         # Per-space unit maps: the only state pruning has to keep in sync with the model.
         self.spaces: dict[tuple[str, str], Space] = atoms.spaces
         self.unit_maps: dict[tuple[str, str], torch.Tensor] = {
-            k: unit_of_atom[sp.start : sp.start + sp.size] for k, sp in atoms.spaces.items()
+            k: _unit_of(sp.atoms, unit_of_atom) for k, sp in atoms.spaces.items()
         }
         self.group_of_unit = group_of_unit
         self.node_maps = _feature_map_nodes(fx_graph, prop, unit_of_atom)
@@ -218,6 +218,10 @@ def _locate(units: torch.Tensor, group_units: torch.Tensor) -> tuple[torch.Tenso
     return pos, torch.searchsorted(group_units, units[pos])
 
 
+def _unit_of(atoms: torch.Tensor, unit_of_atom: torch.Tensor) -> torch.Tensor:
+    return torch.where(atoms >= 0, unit_of_atom[atoms.clamp(min=0)], -1)
+
+
 def _units(atoms: Atoms, root: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Number the tie classes that contain a producer channel; other atoms map to -1."""
     has_prod = torch.zeros(atoms.n, dtype=torch.bool)
@@ -266,7 +270,7 @@ def _feature_map_nodes(fx_graph: fx.Graph, prop: propagate.ChannelProp, unit_of_
         for f in ann:
             if not f.single:
                 continue
-            units = torch.where(f.atoms >= 0, unit_of_atom[f.atoms.clamp(min=0)], -1)
+            units = _unit_of(f.atoms, unit_of_atom)
             if bool((units >= 0).any()):
                 target = str(n.target) if n.op in ("call_module", "call_method") else getattr(n.target, "__name__", str(n.target))
                 out[(n.name, n.op, target, kind, f.dims[0])] = units

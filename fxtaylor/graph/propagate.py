@@ -32,6 +32,7 @@ class _Tracer(fx.Tracer):
         self.leaf_names = {t for t in leaves if isinstance(t, str)}
         self.leaf_ids = {id(t) for t in leaves if isinstance(t, nn.Module)}
         self.stack: list[tuple[str, str]] = []
+        self.failed_in: tuple[str, str] | None = None  # innermost module when tracing failed
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self.is_user_leaf(m, qualname):
@@ -45,6 +46,9 @@ class _Tracer(fx.Tracer):
         self.stack.append((self.path_of_module(m), type(m).__name__))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            self.failed_in = self.failed_in or self.stack[-1]
+            raise
         finally:
             self.stack.pop()
 
@@ -59,13 +63,15 @@ def symbolic_trace(model: nn.Module, leaves: tuple = ()) -> tuple[fx.Graph, set[
     try:
         graph = tracer.trace(model)
     except Exception as e:  # torch.fx raises TraceError, TypeError, RuntimeError... alike
-        where, cls = tracer.stack[-1] if tracer.stack else ("", type(model).__name__)
+        where, cls = tracer.failed_in or ("", type(model).__name__)
         line = _user_line(e)
         raise TraceError(
             f"torch.fx cannot trace {'module ' + repr(where) if where else 'the model'} ({cls}): "
             f"{type(e).__name__}: {e}{line}. This usually means Python control flow (if/for/while) "
-            f"on tensor values. Fix: pass leaf_modules=[{cls}] (or the name {where!r}) so it is "
-            f"called as a black box; the channels around it are then frozen."
+            f"on tensor values. "
+            + (f"Fix: pass leaf_modules=[{cls}] (or the name {where!r}) so it is called as a black "
+               "box; the channels around it are then frozen." if where else
+               "Fix: move that code into a submodule and pass it in leaf_modules, or make it traceable.")
         ) from e
     # No GraphModule: its Python code generation would cost more than the whole analysis.
     user_leaves = {
@@ -100,6 +106,12 @@ class ChannelProp(fx.Interpreter):
         self.opaque = opaque
         self.meta = meta
         self.unknown: dict[str, int] = {}  # op name -> how many nodes had no rule
+        # fx's fetch_attr walks the dotted path on every call; one walk of the model is cheaper
+        self.submodules = dict(model.named_modules())
+
+    def fetch_attr(self, target: str) -> Any:
+        m = self.submodules.get(target)
+        return m if m is not None else super().fetch_attr(target)
 
     def run_node(self, n: fx.Node) -> Any:
         with self._set_current_node(n):
@@ -166,6 +178,8 @@ class ChannelProp(fx.Interpreter):
                 return args[0]
             if target in rules.BROADCAST_FUNCS:
                 return _broadcast(args)
+        if self.meta and target is torch.cat and args and isinstance(args[0], (list, tuple)):
+            return _cat(*args, **kwargs)
         return super().call_function(target, args, kwargs)
 
     def call_method(self, target, args, kwargs):
@@ -207,6 +221,15 @@ def _broadcast(args: tuple) -> torch.Tensor:
             if n != 1:
                 shape[i] = n
     return torch.empty(shape, dtype=torch.result_type(*args[:2]), device="meta")
+
+
+def _cat(tensors, dim: int = 0) -> torch.Tensor:
+    """Meta result of torch.cat (its meta kernel is Python reference code)."""
+    t0 = tensors[0]
+    d = dim % t0.dim()
+    shape = list(t0.shape)
+    shape[d] = sum(t.shape[d] for t in tensors)
+    return torch.empty(shape, dtype=t0.dtype, device="meta")
 
 
 def _conv_out(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

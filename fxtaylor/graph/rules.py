@@ -321,37 +321,32 @@ def channel_shuffle(c: Call) -> Ann:
     return without(c.ann(0), 1) + (Factor((1,), grid.t().reshape(-1)),)
 
 
-def _consume(c: Call, x_ann: Ann, dim: int, space_atoms: torch.Tensor) -> None:
-    """Tie the channels of the input dim ``dim`` to a module's input space."""
-    f = factor_on(x_ann, dim)
-    if f is None or not f.single:
-        if f is not None:
-            c.atoms.freeze(f.atoms, f"{c.name}: input channels mixed with other dims")
-        c.atoms.freeze(space_atoms, f"{c.name}: input channels come from a tensor that cannot be pruned")
-        return
-    c.atoms.tie(f.atoms, space_atoms)
-    holes = f.atoms < 0
-    if bool(holes.any()):
-        c.atoms.freeze(space_atoms[holes], f"{c.name}: some input channels cannot be pruned")
+def _read(c: Call, role: str, kind: str, dim: int, size: int) -> torch.Tensor:
+    """A module's input channels (or norm features): the atoms on ``dim`` of its input."""
+    f = factor_on(c.ann(0), dim)
+    if f is not None and not f.single:
+        c.atoms.freeze(f.atoms, f"{c.name}: input channels mixed with other dims")
+        f = None
+    atoms = f.atoms if f is not None else torch.full((size,), NO_ATOM)
+    return c.atoms.alias(c.name, role, kind, atoms, type(c.module).__name__)
 
 
 def conv(c: Call) -> Ann:
     """Conv: consumes channels on dim 1, produces ``out_channels`` new ones. A grouped conv
     (depthwise included) ties input block k to output block k: whole groups go, or none."""
     m, typ = c.module, type(c.module).__name__
-    x = c.args[0]
-    cin = c.atoms.space(c.name, "in", CONSUMER, m.in_channels, typ).atoms
-    cout = c.atoms.space(c.name, "out", PRODUCER, m.out_channels, typ).atoms
-    batched = x.dim() == len(m.kernel_size) + 2
-    dim = 1 if batched else 0
+    dim = 1 if c.args[0].dim() == len(m.kernel_size) + 2 else 0
     for f in c.ann(0):
         if dim not in f.dims:
             c.atoms.freeze(f.atoms, f"{c.name}: channels on a spatial dim")
-    _consume(c, c.ann(0), dim, cin)
+    cin = _read(c, "in", CONSUMER, dim, m.in_channels)
+    cout = c.atoms.space(c.name, "out", PRODUCER, m.out_channels, typ).atoms
     if m.groups > 1:
         ins, outs = cin.view(m.groups, -1), cout.view(m.groups, -1)
         c.atoms.tie(ins[:, :1].expand_as(ins), ins)
         c.atoms.tie(ins[:, :1].expand_as(outs), outs)
+        # a group whose inputs cannot be removed cannot be removed at all
+        c.atoms.freeze(outs[(ins < 0).any(1)], f"{c.name}: group reads channels that cannot be pruned")
     return (Factor((dim,), cout),)
 
 
@@ -359,9 +354,8 @@ def linear(c: Call) -> Ann:
     """Linear: consumes the last dim, produces ``out_features``; other dims pass through."""
     m, typ = c.module, type(c.module).__name__
     d = c.args[0].dim() - 1
-    cin = c.atoms.space(c.name, "in", CONSUMER, m.in_features, typ).atoms
+    _read(c, "in", CONSUMER, d, m.in_features)
     cout = c.atoms.space(c.name, "out", PRODUCER, m.out_features, typ).atoms
-    _consume(c, c.ann(0), d, cin)
     return without(c.ann(0), d) + (Factor((d,), cout),)
 
 
@@ -374,15 +368,9 @@ def embedding(c: Call) -> Ann:
 
 def _norm_on(c: Call, dim: int, size: int) -> Ann:
     """A per-channel parameter set (BN, affine IN, PReLU) follows the channels on ``dim``."""
-    sp = c.atoms.space(c.name, "norm", NORM, size, type(c.module).__name__).atoms
+    _read(c, "norm", NORM, dim, size)
     f = factor_on(c.ann(0), dim)
-    if f is None or not f.single:
-        c.atoms.freeze(sp, f"{c.name}: normalises channels that cannot be pruned")
-        if f is not None:
-            c.atoms.freeze(f.atoms, f"{c.name}: channels mixed with other dims")
-        return without(c.ann(0), dim)
-    c.atoms.tie(f.atoms, sp)
-    return c.ann(0)
+    return c.ann(0) if f is not None and f.single else without(c.ann(0), dim)
 
 
 def batchnorm(c: Call) -> Ann:
