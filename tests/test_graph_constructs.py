@@ -75,6 +75,9 @@ class Residual(nn.Module):
 def test_residual_add(block):
     model = randomize_norms(Residual(block))
     graph = assert_dead_equivalent(model, X)
+    # observed where read: the stem output (l1.conv1) and the post-add relu (l2.conv1, l2.downsample)
+    readers = {fm.consumer for fm in graph.group_of("stem.0").feature_maps}
+    assert readers == {"l1.conv1", "l2.conv1", "l2.downsample.0"}
     # the stem's channels are tied by the first block's identity add to its last conv
     last = "l1.conv2" if block is BasicBlock else "l1.conv3"
     g = graph.group_of("stem.0")
@@ -259,9 +262,9 @@ def test_module_called_twice():
     graph = assert_dead_equivalent(model, X)
     # input channel j of the shared conv reads a[j] and b[j]: a and b are tied
     assert graph.group_of("a.0") is graph.group_of("b.0")
-    g = graph.group_of("shared")  # one output space, observed at both calls and their sum
-    assert positions(g, "shared", "out")[0] == list(range(5))
-    assert sorted(fm.node for fm in g.feature_maps) == ["add", "shared", "shared_1"]
+    g = graph.group_of("a.0")  # read by both calls of the shared conv: two feature maps
+    assert sorted((fm.consumer, fm.call) for fm in g.feature_maps) == [("shared", "shared"), ("shared", "shared_1")]
+    assert positions(graph.group_of("shared"), "shared", "out")[0] == list(range(5))
 
 
 class Relus(nn.Module):
@@ -281,6 +284,6 @@ def test_functional_op_and_module_twin_agree():
     graphs = [fxtaylor.trace(randomize_norms(Relus(f)), X) for f in (False, True)]
     shapes = [[(g.size, sorted(members(g)), g.prunable) for g in graph.groups] for graph in graphs]
     assert shapes[0] == shapes[1]
-    maps = [[fm.kind for fm in graph.group_of("conv").feature_maps] for graph in graphs]
-    assert maps == [["unary"], ["unary"]]  # observed after the relu, once
+    maps = [[(fm.consumer, fm.node) for fm in graph.group_of("conv").feature_maps] for graph in graphs]
+    assert maps == [[("fc", "mean")], [("fc", "mean")]]  # read once, after the relu and the pooling
     assert_dead_equivalent(randomize_norms(Relus(True)), X)

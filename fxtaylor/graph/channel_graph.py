@@ -25,7 +25,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import PruneError
-from . import propagate, rules, surgery
+from . import propagate, surgery
 from .atoms import PARAM, PRODUCER, Atoms, Space
 
 
@@ -47,19 +47,23 @@ class Member:
 
 @dataclass
 class FeatureMap:
-    """A tensor of the forward pass that carries the group's channels along ``dim``.
+    """A tensor in which the group's channels are *read*: the input of a conv or linear.
 
-    ``channels[j]`` is the group-local channel at index j of that dim, or -1 (the position
-    belongs to another group, e.g. after a concat). ``node`` is the fx node's name; ``target``
-    its module path for module calls (a forward hook there sees the tensor), else the op.
+    Removing a channel is exactly making every reader see zero there, so these are the maps
+    the Taylor criterion observes. They come after the producer's norm and activation (and
+    after any residual add or concat). ``consumer`` is the reading module (a forward pre-hook
+    there sees the tensor), ``call`` its fx node (a module called twice reads twice), ``node``
+    the fx node of the tensor. Along ``dim``, ``channels[j]`` is the group-local channel at
+    position j, or -1 (another group's channel, e.g. after a concat). ``shape`` is the tensor's
+    shape for the example inputs (elements per position = product of the other non-batch dims).
     """
 
+    consumer: str
+    call: str
     node: str
-    op: str
-    target: str
-    kind: str  # rules.UNARY / TIE / PRODUCE
     dim: int
     channels: torch.Tensor
+    shape: torch.Size
 
 
 @dataclass
@@ -132,7 +136,7 @@ class ChannelGraph:
             k: _unit_of(sp.atoms, unit_of_atom) for k, sp in atoms.spaces.items()
         }
         self.group_of_unit = group_of_unit
-        self.node_maps = _feature_map_nodes(fx_graph, prop, unit_of_atom)
+        self.node_maps = _feature_map_nodes(prop, unit_of_atom)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -158,12 +162,12 @@ class ChannelGraph:
 
     def _feature_maps(self, g: ChannelGroup) -> list[FeatureMap]:
         out = []
-        for (node, op, target, kind, dim), units in self.node_maps.items():
+        for (consumer, call, node, dim, shape), units in self.node_maps.items():
             pos, local = _locate(units, g.units)
             if pos.numel():
                 channels = torch.full_like(units, -1)
                 channels[pos] = local
-                out.append(FeatureMap(node, op, target, kind, dim, channels))
+                out.append(FeatureMap(consumer, call, node, dim, channels, shape))
         return out
 
     def summary(self) -> str:
@@ -250,30 +254,13 @@ def _groups(atoms: Atoms, unit_of_atom: torch.Tensor, n_units: int) -> torch.Ten
     return gid
 
 
-def _feature_map_nodes(fx_graph: fx.Graph, prop: propagate.ChannelProp, unit_of_atom: torch.Tensor) -> dict:
-    """The tensors the Taylor criterion can observe: where a channel's value is final.
-
-    A node carrying channels on one dim qualifies if it is produced by a PRODUCE, UNARY or TIE
-    op and is the *end* of its chain: not consumed solely by one more UNARY op (so for
-    conv→bn→relu→conv only the relu output is kept, for conv→bn→add both bn and add are).
-    """
-    keep = (rules.UNARY, rules.TIE, rules.PRODUCE)
+def _feature_map_nodes(prop: propagate.ChannelProp, unit_of_atom: torch.Tensor) -> dict:
+    """Unit of each position of every tensor a conv/linear reads, keyed by who reads what."""
     out = {}
-    for n in fx_graph.nodes:
-        kind = prop.kinds.get(n)
-        ann = prop.anns.get(n, ())
-        if kind not in keep or not ann or isinstance(ann, propagate.Multi):
-            continue
-        users = list(n.users)
-        if len(users) == 1 and prop.kinds.get(users[0]) == rules.UNARY and users[0].args and users[0].args[0] is n:
-            continue
-        for f in ann:
-            if not f.single:
-                continue
-            units = _unit_of(f.atoms, unit_of_atom)
-            if bool((units >= 0).any()):
-                target = str(n.target) if n.op in ("call_module", "call_method") else getattr(n.target, "__name__", str(n.target))
-                out[(n.name, n.op, target, kind, f.dims[0])] = units
+    for call, (node, dim, atoms, shape) in prop.reads.items():
+        units = _unit_of(atoms, unit_of_atom)
+        if bool((units >= 0).any()):
+            out[(str(call.target), call.name, node.name, dim, shape)] = units
     return out
 
 

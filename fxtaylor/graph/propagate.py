@@ -102,7 +102,8 @@ class ChannelProp(fx.Interpreter):
         super().__init__(model, graph=graph)
         self.atoms = Atoms()
         self.anns: dict[fx.Node, Ann] = {}
-        self.kinds: dict[fx.Node, str] = {}
+        # consumer call node -> (input node, dim, atoms read, input shape): the feature maps
+        self.reads: dict[fx.Node, tuple[fx.Node, int, torch.Tensor, torch.Size]] = {}
         self.opaque = opaque
         self.meta = meta
         self.unknown: dict[str, int] = {}  # op name -> how many nodes had no rule
@@ -139,8 +140,9 @@ class ChannelProp(fx.Interpreter):
             return ()
         rule = rules.lookup(n, c.module)
         if rule is not None:
-            self.kinds[n] = rule.kind
-            return rule.fn(c)
+            ann = rule(c)
+            self._record_read(c)
+            return ann
         if not any(c.all_input_anns()):
             return ()
         if n.op == "call_module" and n.target in self.opaque:
@@ -152,6 +154,16 @@ class ChannelProp(fx.Interpreter):
         for a in c.all_input_anns():
             self.atoms.freeze_ann(a, reason)
         return ()
+
+    def _record_read(self, c: Call) -> None:
+        """Remember what a conv/linear call read: the tensors the Taylor criterion observes."""
+        if c.module is None or not isinstance(c.module, rules.READERS) or not isinstance(c.node.args[0], fx.Node):
+            return
+        x = c.args[0]
+        dim = x.dim() - 1 if isinstance(c.module, nn.Linear) else (1 if x.dim() == c.module.weight.dim() else 0)
+        f = rules.factor_on(c.ann(0), dim)
+        if f is not None and f.single:
+            self.reads[c.node] = (c.node.args[0], dim, f.atoms, x.shape)
 
     def placeholder(self, target, args, kwargs):
         x = super().placeholder(target, args, kwargs)

@@ -6,19 +6,11 @@ or freezes in ``c.atoms``, and returns the annotation of the op's output. Rules 
 other nodes. Adding support for an op = writing (or reusing) a rule and adding a row to one of
 the tables at the bottom (:data:`MODULE_RULES`, :data:`FUNCTION_RULES`, :data:`METHOD_RULES`).
 
-Each row also says what *kind* of op it is. The kind is only read when the graph picks the
-tensors the Taylor criterion observes (see ``channel_graph.feature_maps``):
-
-- ``UNARY``: one tensor in, same channels out, position by position (activations, norms,
-  pooling, dropout). A feature map is read at the end of a chain of these.
-- ``TIE``: several tensors combined position by position (add, mul): their channels are tied.
-- ``PRODUCE``: makes new channels (conv, linear).
-- ``SHAPE``: moves, merges or selects positions (view, cat, split, getitem).
 """
 from __future__ import annotations
 
 import operator
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -29,12 +21,7 @@ from torchvision.ops import stochastic_depth
 from .atoms import CONSUMER, NO_ATOM, NORM, PRODUCER, Ann, Factor
 from .call import Call, Multi, factor_on, without
 
-UNARY, TIE, PRODUCE, SHAPE, OTHER = "unary", "tie", "produce", "shape", "other"
-
-
-class Rule(NamedTuple):
-    fn: Callable[[Call], Ann]
-    kind: str
+Rule = Callable[[Call], Ann]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,28 +425,28 @@ _POOLS = (
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 MODULE_RULES: dict[type, Rule] = {
-    **{t: Rule(passthrough, UNARY) for t in _ACTIVATIONS + _POOLS + _DROPOUTS},
-    nn.Conv1d: Rule(conv, PRODUCE),
-    nn.Conv2d: Rule(conv, PRODUCE),
-    nn.Conv3d: Rule(conv, PRODUCE),
-    nn.Linear: Rule(linear, PRODUCE),
-    nn.Embedding: Rule(embedding, PRODUCE),
-    nn.BatchNorm1d: Rule(batchnorm, UNARY),
-    nn.BatchNorm2d: Rule(batchnorm, UNARY),
-    nn.BatchNorm3d: Rule(batchnorm, UNARY),
-    nn.SyncBatchNorm: Rule(batchnorm, UNARY),
-    nn.LayerNorm: Rule(layernorm, UNARY),
-    nn.PReLU: Rule(prelu, UNARY),
-    nn.InstanceNorm1d: Rule(instancenorm, UNARY),
-    nn.InstanceNorm2d: Rule(instancenorm, UNARY),
-    nn.InstanceNorm3d: Rule(instancenorm, UNARY),
-    nn.GroupNorm: Rule(frozen("GroupNorm needs channels divisible by num_groups"), OTHER),
-    nn.LocalResponseNorm: Rule(frozen("LocalResponseNorm mixes neighbouring channels"), OTHER),
-    nn.Flatten: Rule(shape_op, SHAPE),
-    nn.Unflatten: Rule(shape_op, SHAPE),
-    nn.ChannelShuffle: Rule(channel_shuffle, SHAPE),
-    nn.Softmax: Rule(along_dim, OTHER),
-    nn.LogSoftmax: Rule(along_dim, OTHER),
+    **{t: passthrough for t in _ACTIVATIONS + _POOLS + _DROPOUTS},
+    nn.Conv1d: conv,
+    nn.Conv2d: conv,
+    nn.Conv3d: conv,
+    nn.Linear: linear,
+    nn.Embedding: embedding,
+    nn.BatchNorm1d: batchnorm,
+    nn.BatchNorm2d: batchnorm,
+    nn.BatchNorm3d: batchnorm,
+    nn.SyncBatchNorm: batchnorm,
+    nn.LayerNorm: layernorm,
+    nn.PReLU: prelu,
+    nn.InstanceNorm1d: instancenorm,
+    nn.InstanceNorm2d: instancenorm,
+    nn.InstanceNorm3d: instancenorm,
+    nn.GroupNorm: frozen("GroupNorm needs channels divisible by num_groups"),
+    nn.LocalResponseNorm: frozen("LocalResponseNorm mixes neighbouring channels"),
+    nn.Flatten: shape_op,
+    nn.Unflatten: shape_op,
+    nn.ChannelShuffle: channel_shuffle,
+    nn.Softmax: along_dim,
+    nn.LogSoftmax: along_dim,
 }
 
 _SAME_SHAPE_FUNCS = (
@@ -486,26 +473,26 @@ _SHAPE_FUNCS = (
 )
 
 FUNCTION_RULES: dict[Callable, Rule] = {
-    **{f: Rule(passthrough, UNARY) for f in _UNARY_FUNCS},
-    **{f: Rule(elementwise, TIE) for f in _TIE_FUNCS},
-    **{f: Rule(shape_op, SHAPE) for f in _SHAPE_FUNCS},
-    operator.getitem: Rule(getitem, SHAPE),
-    torch.cat: Rule(cat, SHAPE),
-    torch.concat: Rule(cat, SHAPE),
-    torch.concatenate: Rule(cat, SHAPE),
-    torch.chunk: Rule(chunk, SHAPE),
-    torch.split: Rule(split, SHAPE),
-    torch.unbind: Rule(split, SHAPE),
-    torch.mean: Rule(reduce, OTHER),
-    torch.sum: Rule(reduce, OTHER),
-    torch.amax: Rule(reduce, OTHER),
-    torch.amin: Rule(reduce, OTHER),
-    F.softmax: Rule(along_dim, OTHER),
-    F.log_softmax: Rule(along_dim, OTHER),
-    F.pad: Rule(pad, UNARY),
-    F.channel_shuffle: Rule(channel_shuffle, SHAPE),
-    getattr: Rule(no_channels, OTHER),
-    operator.floordiv: Rule(no_channels, OTHER),
+    **{f: passthrough for f in _UNARY_FUNCS},
+    **{f: elementwise for f in _TIE_FUNCS},
+    **{f: shape_op for f in _SHAPE_FUNCS},
+    operator.getitem: getitem,
+    torch.cat: cat,
+    torch.concat: cat,
+    torch.concatenate: cat,
+    torch.chunk: chunk,
+    torch.split: split,
+    torch.unbind: split,
+    torch.mean: reduce,
+    torch.sum: reduce,
+    torch.amax: reduce,
+    torch.amin: reduce,
+    F.softmax: along_dim,
+    F.log_softmax: along_dim,
+    F.pad: pad,
+    F.channel_shuffle: channel_shuffle,
+    getattr: no_channels,
+    operator.floordiv: no_channels,
 }
 
 _SAME_SHAPE_METHODS = (
@@ -515,27 +502,30 @@ _SAME_SHAPE_METHODS = (
 _TIE_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")
 
 METHOD_RULES: dict[str, Rule] = {
-    **{m: Rule(passthrough, UNARY) for m in _SAME_SHAPE_METHODS + (
+    **{m: passthrough for m in _SAME_SHAPE_METHODS + (
         "to", "type", "float", "half", "double", "bfloat16", "cuda", "cpu", "type_as",
     )},
-    **{m: Rule(elementwise, TIE) for m in _TIE_METHODS},
-    **{m: Rule(shape_op, SHAPE) for m in (
+    **{m: elementwise for m in _TIE_METHODS},
+    **{m: shape_op for m in (
         "view", "reshape", "flatten", "permute", "transpose", "t", "unsqueeze", "squeeze",
         "expand", "expand_as", "movedim", "unflatten", "roll", "flip", "narrow", "repeat",
     )},
-    "chunk": Rule(chunk, SHAPE),
-    "split": Rule(split, SHAPE),
-    "unbind": Rule(split, SHAPE),
-    "mean": Rule(reduce, OTHER),
-    "sum": Rule(reduce, OTHER),
-    "amax": Rule(reduce, OTHER),
-    "amin": Rule(reduce, OTHER),
-    "softmax": Rule(along_dim, OTHER),
-    "log_softmax": Rule(along_dim, OTHER),
-    "size": Rule(no_channels, OTHER),
-    "dim": Rule(no_channels, OTHER),
+    "chunk": chunk,
+    "split": split,
+    "unbind": split,
+    "mean": reduce,
+    "sum": reduce,
+    "amax": reduce,
+    "amin": reduce,
+    "softmax": along_dim,
+    "log_softmax": along_dim,
+    "size": no_channels,
+    "dim": no_channels,
 }
 
+
+#: Modules whose input channels are read by a weight: their inputs are the feature maps.
+READERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 # Ops whose output has the shape of their first input (or of the broadcast of their inputs):
 # on meta tensors propagate.py skips running them, as their meta kernels are slow Python.
