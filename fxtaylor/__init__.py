@@ -5,9 +5,15 @@ Data flow: ``graph`` (which channels are tied) → ``flops`` (what a channel cos
 """
 from .errors import FxTaylorError, PruneError, TraceError
 from .graph import ChannelGraph, ChannelGroup, FeatureMap, Member, trace
+from .importance import (
+    ActivationMeanImportance, ActivationStdImportance, OracleImportance, RandomImportance, TaylorImportance,
+    WeightImportance, spearman,
+)
 
 __version__ = "0.1.0"
 __all__ = [
+    "ActivationMeanImportance", "ActivationStdImportance", "OracleImportance", "RandomImportance",
+    "TaylorImportance", "WeightImportance", "spearman",
     "ChannelGraph", "ChannelGroup", "FeatureMap", "FxTaylorError", "Member", "PruneError",
     "TraceError", "trace",
 ]

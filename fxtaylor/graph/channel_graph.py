@@ -25,7 +25,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..errors import PruneError
-from . import propagate, surgery
+from . import propagate, rules, surgery
 from .atoms import PARAM, PRODUCER, Atoms, Space
 
 
@@ -113,7 +113,8 @@ class ChannelGraph:
     def __init__(self, model: nn.Module, fx_graph: fx.Graph, prop: propagate.ChannelProp, ignored: set[str], opaque: set[str]):
         self.model = model
         self.fx_graph = fx_graph
-        self.opaque = sorted(opaque)
+        # user leaves the rule table does not know: black boxes whose channels are frozen
+        self.opaque = sorted(n for n in opaque if rules.lookup_module(model.get_submodule(n)) is None)
         atoms = prop.atoms
         for (name, _), sp in atoms.spaces.items():
             if name in ignored:
@@ -137,6 +138,11 @@ class ChannelGraph:
         }
         self.group_of_unit = group_of_unit
         self.node_maps = _feature_map_nodes(prop, unit_of_atom)
+        self.io_maps: dict[tuple[str, str], torch.Tensor] = {
+            (name, side): _unit_of(a, unit_of_atom)
+            for name, (i, o) in prop.module_io.items()
+            for side, a in (("in", i), ("out", o)) if a is not None
+        }
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -169,6 +175,12 @@ class ChannelGraph:
                 channels[pos] = local
                 out.append(FeatureMap(consumer, call, node, dim, channels, shape))
         return out
+
+    def module_io(self) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """For each module called in the forward pass: the unit (or -1) of each position of its
+        input and output channel dims. What :mod:`fxtaylor.flops` spreads a module's FLOPs by."""
+        names = dict.fromkeys(n for n, _ in self.io_maps)
+        return {n: (self.io_maps.get((n, "in")), self.io_maps.get((n, "out"))) for n in names}
 
     def summary(self) -> str:
         """One line per group: size, producers, prunable or why not."""
@@ -210,8 +222,9 @@ class ChannelGraph:
             surgery.prune_module(self.model.get_submodule(name), removed)
         for path, dim, pos in params:
             surgery.prune_parameter(self.model, path, dim, pos)
-        for key, units in self.node_maps.items():
-            self.node_maps[key] = units[~torch.isin(units, gone)]
+        for maps in (self.node_maps, self.io_maps):
+            for key, units in maps.items():
+                maps[key] = units[~torch.isin(units, gone)]
         group.units = group.units[~torch.isin(group.units, gone)]
 
 

@@ -107,6 +107,8 @@ class ChannelProp(fx.Interpreter):
         self.opaque = opaque
         self.meta = meta
         self.unknown: dict[str, int] = {}  # op name -> how many nodes had no rule
+        # module name -> (input atoms, output atoms) along the channel dim, first call only
+        self.module_io: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
         # fx's fetch_attr walks the dotted path on every call; one walk of the model is cheaper
         self.submodules = dict(model.named_modules())
 
@@ -142,6 +144,8 @@ class ChannelProp(fx.Interpreter):
         if rule is not None:
             ann = rule(c)
             self._record_read(c)
+            if c.module is not None and c.node.target not in self.module_io:
+                self.module_io[c.node.target] = (_single(c.ann(0)), _single(ann))
             return ann
         if not any(c.all_input_anns()):
             return ()
@@ -254,6 +258,13 @@ def _conv_out(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         p = (0,) * len(k) if m.padding == "valid" else m.padding
         size = [(n + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i, n in enumerate(spatial)]
     return torch.empty((*x.shape[: -len(k) - 1], m.out_channels, *size), dtype=x.dtype, device="meta")
+
+
+def _single(ann: Ann) -> torch.Tensor | None:
+    """The atoms of an annotation made of exactly one single-dim factor."""
+    if isinstance(ann, tuple) and len(ann) == 1 and ann[0].single:
+        return ann[0].atoms
+    return None
 
 
 class _NeedsValues(Exception):

@@ -538,13 +538,17 @@ BROADCAST_FUNCS = frozenset(_TIE_FUNCS)
 BROADCAST_METHODS = frozenset(_TIE_METHODS)
 
 
+def lookup_module(module: nn.Module) -> Rule | None:
+    for t in type(module).__mro__:
+        if t in MODULE_RULES:
+            return MODULE_RULES[t]
+    return None
+
+
 def lookup(node: fx.Node, module: nn.Module | None) -> Rule | None:
     """The rule for a node, or None when fxtaylor has none (the caller freezes around it)."""
     if node.op == "call_module":
-        for t in type(module).__mro__:
-            if t in MODULE_RULES:
-                return MODULE_RULES[t]
-        return None
+        return lookup_module(module)
     if node.op == "call_function":
         return FUNCTION_RULES.get(node.target)
     if node.op == "call_method":

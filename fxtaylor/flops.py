@@ -1,0 +1,138 @@
+"""What a channel costs: per-module FLOPs from fvcore, spread over the channel graph's units.
+
+fvcore's ``FlopCountAnalysis(...).by_module()`` counts each leaf module's operations (one fused
+multiply-add = one flop). A unit's cost is what deleting it removes from every module it
+touches: a conv (groups=1) or linear with ``Cin`` inputs and ``Cout`` outputs costs
+``F ∝ Cin·Cout``, so removing ``ki`` of its inputs and ``ko`` of its outputs removes
+``F·(1 − (1 − ki/Cin)(1 − ko/Cout))``; a grouped conv loses ``ko/Cout`` of its FLOPs (whole
+groups go); a per-channel module (batch norm, pooling) loses ``k/C``. Costs are recomputed
+from a fresh analysis after every pruning step (fvcore caches per analysis object).
+
+Counting conventions (``HANDLES``): conv/linear/matmul/einsum/SDPA multiply-adds, batch/layer
+norm and pooling as fvcore counts them (one per input element for pooling); elementwise
+activations and residual adds count 0 — memory-bound, fused in deployment, and well under 1 %
+of a CNN's multiply-adds (see docs/criterion.md for the measurement).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn as nn
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
+
+from .graph import ChannelGraph
+
+_ZERO = [
+    "aten::add", "aten::add_", "aten::sub", "aten::sub_", "aten::mul", "aten::mul_", "aten::div",
+    "aten::div_", "aten::relu", "aten::relu_", "aten::relu6", "aten::hardtanh", "aten::hardtanh_",
+    "aten::sigmoid", "aten::sigmoid_", "aten::silu", "aten::silu_", "aten::hardswish",
+    "aten::hardswish_", "aten::hardsigmoid", "aten::hardsigmoid_", "aten::gelu", "aten::tanh",
+    "aten::leaky_relu", "aten::leaky_relu_", "aten::elu", "aten::softmax", "aten::log_softmax",
+    "aten::neg", "aten::exp", "aten::sqrt", "aten::rsqrt", "aten::pow", "aten::abs",
+    "aten::dropout_", "aten::feature_dropout", "aten::alpha_dropout", "aten::bernoulli_",
+    "aten::div_", "aten::transpose", "aten::permute", "aten::view", "aten::reshape",
+    "aten::select", "aten::slice", "aten::size", "aten::numel", "aten::unsqueeze", "aten::squeeze",
+    "aten::stack", "aten::roll", "aten::pad", "aten::channel_shuffle", "aten::clone",
+    "aten::masked_fill", "aten::new_zeros", "aten::zeros", "aten::ones", "aten::index",
+    "aten::sum", "aten::split", "aten::split_with_sizes", "aten::unbind", "aten::to",
+]
+
+
+def _sdpa_flop_jit(inputs: list, outputs: list) -> int:
+    """scaled_dot_product_attention: q·kᵀ and attn·v, one multiply-add per term each."""
+    q, k = get_shape(inputs[0]), get_shape(inputs[1])
+    return 2 * int(torch.tensor(q[:-1]).prod()) * k[-2] * q[-1]
+
+
+HANDLES = {
+    **{op: None for op in _ZERO},
+    "aten::max_pool1d": elementwise_flop_counter(1, 0),
+    "aten::max_pool2d": elementwise_flop_counter(1, 0),
+    "aten::max_pool3d": elementwise_flop_counter(1, 0),
+    "aten::avg_pool1d": elementwise_flop_counter(1, 0),
+    "aten::avg_pool2d": elementwise_flop_counter(1, 0),
+    "aten::avg_pool3d": elementwise_flop_counter(1, 0),
+    "aten::adaptive_max_pool2d": elementwise_flop_counter(1, 0),
+    "aten::adaptive_avg_pool1d": elementwise_flop_counter(1, 0),
+    "aten::adaptive_avg_pool3d": elementwise_flop_counter(1, 0),
+    "aten::mean": elementwise_flop_counter(1, 0),
+    "aten::scaled_dot_product_attention": _sdpa_flop_jit,
+}
+
+
+@contextmanager
+def _quiet():
+    """fvcore traces with torch.jit and logs per-op warnings: keep both out of the user's log."""
+    log = logging.getLogger("fvcore")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _inputs_on(model: nn.Module, example_inputs: Any) -> tuple:
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+def count(model: nn.Module, example_inputs: Any) -> tuple[int, dict[str, int]]:
+    """Total FLOPs of one forward pass and each module's own FLOPs (ops under it, not under a
+    child), from a new fvcore analysis in eval mode on the model's device."""
+    inputs = _inputs_on(model, example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with _quiet(), torch.no_grad():
+            fca = FlopCountAnalysis(model, inputs).set_op_handle(**HANDLES)
+            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            by_module = dict(fca.by_module())
+    finally:
+        model.train(was_training)
+    own = dict(by_module)
+    for name in by_module:
+        if name:
+            parent = name.rpartition(".")[0]
+            if parent in own:
+                own[parent] -= by_module[name]
+    return by_module.get("", 0), own
+
+
+def unit_costs(graph: ChannelGraph, own: dict[str, int]) -> torch.Tensor:
+    """FLOPs removed by deleting each unit of the graph (float64, indexed by global unit id)."""
+    n = int(graph.group_of_unit.numel())
+    cost = torch.zeros(n, dtype=torch.float64)
+    for name, (ins, outs) in graph.module_io().items():
+        flops = own.get(name, 0)
+        if not flops:
+            continue
+        ki = _per_unit(ins, n)
+        ko = _per_unit(outs, n)
+        m = graph.model.get_submodule(name)
+        ci = max(ins.numel(), 1) if ins is not None else 1
+        co = max(outs.numel(), 1) if outs is not None else 1
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1:
+            frac = ko / co  # whole groups: the output share is the share of groups
+        elif isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            frac = 1 - (1 - ki / ci) * (1 - ko / co)  # FLOPs ∝ Cin · Cout
+        else:
+            frac = ki / ci if ins is not None else ko / co  # per-channel work
+        cost += flops * frac
+    return cost
+
+
+def _per_unit(units: torch.Tensor | None, n: int) -> torch.Tensor:
+    if units is None:
+        return torch.zeros(n, dtype=torch.float64)
+    u = units[units >= 0]
+    return torch.bincount(u, minlength=n).to(torch.float64)

@@ -1,0 +1,151 @@
+"""What every fxtaylor criterion shares: scores per unit of the channel graph, normalised per
+group, regularised by FLOPs, and served to torch-pruning one group at a time.
+
+A criterion computes one raw score per *unit* of the graph (``unit_scores``). For a group,
+:meth:`GraphImportance.group_scores` takes its units' scores, normalises them (``"l2"``: the
+paper's layer-wise rescaling, so groups of different depth can be ranked together) and
+subtracts ``flops_reg · cost``, the FLOPs a unit's removal saves in units of the average
+prunable map. As a ``torch_pruning.importance.Importance`` it maps torch-pruning's group (found
+by its root module) to fxtaylor's and returns a score per root channel.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from .. import flops
+from ..errors import FxTaylorError
+from ..graph import ChannelGraph, ChannelGroup, trace
+from ..graph.atoms import PRODUCER
+
+NORMALIZERS = (None, "l2", "sum", "standarization", "mean", "max", "gaussian", "lamp")
+
+
+def normalize(scores: torch.Tensor, how: str | None) -> torch.Tensor:
+    """``"l2"``: Θ / sqrt(Σ Θ²) over the group (paper, eq. 9). ``None``: unchanged. Any other
+    name is torch-pruning's normaliser of that name, for comparison."""
+    if how is None:
+        return scores
+    if how == "l2":
+        norm = scores.norm()
+        return scores / norm if norm > 0 else scores
+    return tp.importance.GroupMagnitudeImportance(normalizer=how)._normalize(scores, how)
+
+
+class GraphImportance(tp.importance.Importance):
+    """Base of fxtaylor's criteria. Subclasses implement :meth:`unit_scores`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        normalize: str | None = "l2",
+        flops_reg: float = 0.0,
+        graph: ChannelGraph | None = None,
+        **trace_kwargs: Any,
+    ):
+        if normalize not in NORMALIZERS:
+            raise ValueError(f"normalize must be one of {NORMALIZERS}, got {normalize!r}")
+        if not flops_reg >= 0:
+            raise ValueError(f"flops_reg (λ) must be >= 0, got {flops_reg}")
+        self.model, self.example_inputs = model, example_inputs
+        self.normalize, self.flops_reg = normalize, float(flops_reg)
+        self._trace_kwargs = trace_kwargs
+        self.graph = graph if graph is not None else trace(model, example_inputs, **trace_kwargs)
+        self._names = {id(m): n for n, m in model.named_modules()}
+        self._cost: torch.Tensor | None = None
+        self._cost_key: tuple | None = None
+
+    # -- to implement ------------------------------------------------------------------------
+
+    def unit_scores(self) -> torch.Tensor:
+        """Raw score of every unit of the graph (1-D, indexed by global unit id)."""
+        raise NotImplementedError
+
+    def has_state(self) -> bool:
+        """Whether scores depend on observations made on the current architecture."""
+        return False
+
+    # -- shared ------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def sync(self) -> None:
+        """Re-trace if the model was pruned by someone else (e.g. torch-pruning's pruner).
+
+        Observations refer to the channels they were made on, so a criterion that holds some
+        must be ``reset()`` and observed again first.
+        """
+        if not self._stale():
+            return
+        if self.has_state():
+            raise FxTaylorError(
+                "the model's channels changed since the criterion was observed (it was pruned "
+                "outside this graph): call reset() and observe() again before ranking"
+            )
+        self.graph = trace(self.model, self.example_inputs, **self._trace_kwargs)
+        self._names = {id(m): n for n, m in self.model.named_modules()}
+        self.on_retrace()
+
+    def on_retrace(self) -> None:
+        """Hook for subclasses whose buffers are sized by the graph."""
+
+    def _stale(self) -> bool:
+        for (name, role), sp in self.graph.spaces.items():
+            if sp.kind == PRODUCER and role == "out":
+                m = self.model.get_submodule(name)
+                size = getattr(m, "out_channels", getattr(m, "out_features", getattr(m, "embedding_dim", None)))
+                if size is not None and size != self.graph.unit_maps[(name, role)].numel():
+                    return True
+        return False
+
+    def unit_costs(self) -> torch.Tensor:
+        """FLOPs removed by deleting each unit, from a fresh fvcore analysis whenever the
+        architecture changed since the last one."""
+        key = tuple(u.numel() for u in self.graph.unit_maps.values())
+        if self._cost is None or key != self._cost_key:
+            _, own = flops.count(self.model, self.example_inputs)
+            self._cost, self._cost_key = flops.unit_costs(self.graph, own), key
+        return self._cost
+
+    def normalized_costs(self) -> torch.Tensor:
+        """Unit costs divided by the mean cost of all prunable units: 1 = an average map."""
+        cost = self.unit_costs()
+        units = [g.units for g in self.graph.prunable_groups]
+        mean = cost[torch.cat(units)].mean() if units else cost.new_ones(())
+        return cost / mean if mean > 0 else cost
+
+    def group_scores(self, group: ChannelGroup) -> torch.Tensor:
+        """Final score of each channel of ``group``: normalised, minus λ·cost. Lowest goes first."""
+        s = normalize(self.unit_scores()[group.units].to(torch.float64), self.normalize)
+        if self.flops_reg:
+            s = s - self.flops_reg * self.normalized_costs()[group.units]
+        return s
+
+    def __call__(self, group: tp.Group, **kwargs: Any) -> torch.Tensor | None:
+        """torch-pruning's entry point: one score per index of the group's root, or None if
+        fxtaylor considers the group frozen (torch-pruning then leaves it alone)."""
+        self.sync()
+        dep, idxs = group[0].dep, group[0].idxs
+        name = self._names.get(id(dep.target.module))
+        role = "out" if dep.handler in _OUT_FNS else "in"
+        units = self.graph.unit_maps.get((name, role))
+        ours = self.graph.group_of(name, role) if units is not None else None
+        if ours is None or not ours.prunable:
+            return None
+        local = torch.searchsorted(ours.units, units.clamp(min=0))
+        per_position = self.group_scores(ours)[local]
+        return per_position[torch.as_tensor(list(idxs), dtype=torch.long)].to(torch.float32).to(self.device)
+
+
+_OUT_FNS = {
+    tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels,
+    tp.prune_batchnorm_out_channels, tp.prune_embedding_out_channels,
+}

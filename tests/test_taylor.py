@@ -1,0 +1,219 @@
+"""TaylorImportance against a brute-force eq. 8, and its observation contract."""
+import gc
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock
+
+import fxtaylor
+from fxtaylor.errors import FxTaylorError
+
+X = torch.randn(1, 3, 12, 12)
+
+
+def cbr(cin, cout, inplace=False):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=inplace))
+
+
+class Chain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 6), cbr(6, 5, inplace=True)
+        self.fc = nn.Linear(5 * 3 * 3, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.max_pool2d(self.b(self.a(x)), 4), 1))
+
+
+class ResNetTiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 8, inplace=True)
+        self.l1, self.l2 = BasicBlock(8, 8), BasicBlock(8, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.l2(self.l1(self.stem(x))).mean((2, 3)))
+
+
+def brute_force(model, batches, per_read=False):
+    """Eq. 8 from gate gradients: a gate γ[n, u] = 1 multiplies unit u of example n at every
+    place u is read; Θ_n(u) = |∂(Σ_n ℓ_n)/∂γ[n, u]| / M_u, averaged over examples.
+
+    With ``per_read`` the gates are separate per read: returns [examples, reads, units] signed
+    derivatives (to build alternative group rules)."""
+    graph = fxtaylor.trace(model, X)
+    n_units = int(graph.group_of_unit.numel())
+    reads = []  # (consumer, call index, dim, units per position)
+    for (consumer, _call, _node, dim, _shape), units in graph.node_maps.items():
+        reads.append((consumer, sum(r[0] == consumer for r in reads), dim, units))
+    elements = torch.zeros(n_units)
+    out, scores, count = [], torch.zeros(n_units, dtype=torch.float64), 0
+    for x, y in batches:
+        n = x.shape[0]
+        gates = torch.ones(n, len(reads) if per_read else 1, n_units, requires_grad=True)
+        calls, handles = {}, []
+        by_module = {}
+        for r, (consumer, call, dim, units) in enumerate(reads):
+            by_module.setdefault(consumer, []).append((r, dim, units))
+
+        def make_hook(consumer):
+            def hook(module, args):
+                i = calls.get(consumer, 0)
+                calls[consumer] = i + 1
+                r, dim, units = by_module[consumer][i]
+                z = args[0]
+                g = gates[:, r if per_read else 0][:, units.clamp(min=0)]  # [n, positions]
+                g = torch.where(units >= 0, g, torch.ones_like(g))
+                shape = [n] + [1] * (z.dim() - 1)
+                shape[dim] = z.shape[dim]
+                spatial = z.numel() // (n * z.shape[dim])
+                ok = units >= 0
+                elements.copy_(torch.maximum(elements, torch.bincount(units[ok], minlength=n_units) * float(spatial)))
+                return (z * g.reshape(shape),)
+            return hook
+
+        for consumer in by_module:
+            handles.append(model.get_submodule(consumer).register_forward_pre_hook(make_hook(consumer)))
+        try:
+            loss = F.cross_entropy(model(x), y, reduction="sum")  # Σ_n ℓ_n
+            (grad,) = torch.autograd.grad(loss, gates)
+        finally:
+            for h in handles:
+                h.remove()
+        if per_read:
+            out.append(grad.detach())
+        else:
+            scores += grad[:, 0].abs().sum(0).double()
+            count += n
+    if per_read:
+        return torch.cat(out), elements
+    return scores / count / elements.clamp(min=1).double()
+
+
+def batches(sizes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 3, 12, 12, generator=g), torch.randint(0, 4, (n,), generator=g)) for n in sizes]
+
+
+@pytest.mark.parametrize("net", [Chain, ResNetTiny])
+def test_raw_scores_equal_brute_force_eq8(net):
+    torch.manual_seed(0)
+    model = net().train()
+    data = batches([3, 5, 2])
+    expected = brute_force(model, data)
+    imp = fxtaylor.TaylorImportance(model, X, normalize=None, flops_reg=0.0)
+    with imp.observe():
+        for x, y in data:
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()  # a mean-reduced loss, as users write it
+    got = imp.unit_scores()
+    units = torch.cat([g.units for g in imp.graph.prunable_groups])
+    assert imp.examples == 10
+    torch.testing.assert_close(got[units], expected[units], rtol=1e-5, atol=0)
+
+
+def test_gradient_accumulation_and_module_reuse_count_every_example():
+    torch.manual_seed(0)
+    model = ResNetTiny().train()
+    data = batches([4, 4])
+    expected = brute_force(model, data)
+    imp = fxtaylor.TaylorImportance(model, X, normalize=None)
+    with imp.observe():
+        model.zero_grad()
+        losses = [F.cross_entropy(model(x), y) for x, y in data]  # two forwards, one backward
+        sum(losses).backward()
+    assert imp.examples == 8
+    units = torch.cat([g.units for g in imp.graph.prunable_groups])
+    # the summed loss of two mean-reduced batches is what was backpropagated: per example, the
+    # gradient is that of ℓ_n / 4, exactly as in two separate steps
+    torch.testing.assert_close(imp.unit_scores()[units], expected[units], rtol=1e-5, atol=0)
+
+
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 6), cbr(3, 6)
+        self.shared = nn.Conv2d(6, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.fc((self.shared(self.a(x)) + self.shared(self.b(x))).mean((2, 3)))
+
+
+def test_module_called_twice_matches_brute_force():
+    torch.manual_seed(0)
+    model = Shared().train()
+    data = batches([3, 2])
+    expected = brute_force(model, data)
+    imp = fxtaylor.TaylorImportance(model, X, normalize=None)
+    with imp.observe():
+        for x, y in data:
+            F.cross_entropy(model(x), y).backward()
+    units = torch.cat([g.units for g in imp.graph.prunable_groups])
+    torch.testing.assert_close(imp.unit_scores()[units], expected[units], rtol=1e-5, atol=0)
+
+
+def test_autocast_scores_track_float32():
+    torch.manual_seed(0)
+    model = ResNetTiny().train()
+    data = batches([8, 8])
+    imps = []
+    for amp in (False, True):
+        imp = fxtaylor.TaylorImportance(model, X, normalize=None)
+        with imp.observe(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            for x, y in data:
+                F.cross_entropy(model(x), y).backward()
+        imps.append(imp.unit_scores())
+    units = torch.cat([g.units for g in imps and fxtaylor.trace(model, X).prunable_groups])
+    assert fxtaylor.spearman(imps[0][units], imps[1][units]) > 0.9
+
+
+def test_hooks_release_activations_and_are_removed_on_exception():
+    model = Chain().train()
+    imp = fxtaylor.TaylorImportance(model, X)
+    seen = []
+    model.b.register_forward_hook(lambda m, i, o: seen.append(weakref.ref(o)))
+    with pytest.raises(RuntimeError, match="boom"):
+        with imp.observe():
+            loss = F.cross_entropy(model(torch.randn(2, 3, 12, 12)), torch.tensor([0, 1]))
+            loss.backward()
+            gc.collect()
+            assert seen[-1]() is None  # `loss` is still alive; the activation is not
+            raise RuntimeError("boom")
+    assert not model.b[0]._forward_pre_hooks and not model.fc._forward_pre_hooks and not model._forward_pre_hooks
+    assert imp.examples == 2  # what was observed before the exception still counts
+
+
+def test_evaluation_passes_are_not_counted_and_ranking_needs_observations():
+    model = Chain()
+    imp = fxtaylor.TaylorImportance(model, X)
+    with pytest.raises(FxTaylorError, match="observed nothing"):
+        imp.unit_scores()
+    with imp.observe(), torch.no_grad():
+        model(torch.randn(4, 3, 12, 12))
+    with pytest.raises(FxTaylorError, match="observed nothing"):
+        imp.unit_scores()
+
+
+def test_in_place_change_after_read_is_an_error_not_a_wrong_score():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            # batch norm and a frozen linear save no activation, so autograd cannot notice
+            self.a = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+            self.c = nn.Linear(4, 2).requires_grad_(False)
+
+        def forward(self, x):
+            x = self.a(x).mean((2, 3))
+            y = self.c(x)
+            x.mul_(2)
+            return y + x[:, :2]
+
+    model = Bad()
+    imp = fxtaylor.TaylorImportance(model, X)
+    with imp.observe(), pytest.raises(FxTaylorError, match="modified in place"):
+        F.cross_entropy(model(torch.randn(2, 3, 12, 12)), torch.tensor([0, 1])).backward()
