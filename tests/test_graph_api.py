@@ -160,3 +160,40 @@ def test_cuda_model_traces_and_prunes_on_device():
     g = graph.group_of("layer1.0.conv1")
     graph.prune(g, [0, 1, 2])
     assert model.layer1[0].conv1.weight.is_cuda and model(x).shape == (1, 1000)
+
+
+class MyGain(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.gain = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        return x * self.gain[None, :, None, None]
+
+
+def test_documented_recipe_for_a_new_rule(monkeypatch):
+    """docs/graph.md, 'Adding a rule': a leaf module with its own rule and surgery handler."""
+    from fxtaylor.graph import rules, surgery
+
+    def scale_by_channel(c):
+        f = rules.factor_on(c.ann(0), 1)
+        if f is not None:
+            c.atoms.alias(c.name, "norm", "norm", f.atoms, type(c.module).__name__)
+        return c.ann(0)
+
+    def cut(m, removed):
+        keep = [i for i in range(m.gain.numel()) if i not in set(removed["norm"])]
+        m.gain = nn.Parameter(m.gain.data[keep])
+
+    monkeypatch.setitem(rules.MODULE_RULES, MyGain, scale_by_channel)
+    monkeypatch.setitem(surgery.HANDLERS, MyGain, cut)
+    model = randomize_norms(nn.Sequential(cbr(3, 8), MyGain(8), cbr(8, 4)))
+    graph = fxtaylor.trace(model, X, leaf_modules=[MyGain])
+    g = graph.group_of("0.0")
+    assert g.prunable and ("1", "norm") in {(m.name, m.role) for m in g.members} and graph.opaque == []
+    kill_channels(model, g, [2])
+    with torch.no_grad():
+        ref = model(X)
+    graph.prune(g, [2])
+    with torch.no_grad():
+        assert torch.allclose(model(X), ref, atol=1e-6) and model[1].gain.numel() == 7
