@@ -10,8 +10,9 @@ from a fresh analysis after every pruning step (fvcore caches per analysis objec
 
 Counting conventions (``HANDLES``): conv/linear/matmul/einsum/SDPA multiply-adds, batch/layer
 norm and pooling as fvcore counts them (one per input element for pooling); elementwise
-activations and residual adds count 0 — memory-bound, fused in deployment, and well under 1 %
-of a CNN's multiply-adds (see docs/criterion.md for the measurement).
+activations, residual adds and SE scalings count 0 — memory-bound and fused in deployment. At
+one op per output element they would add 0.37 % to resnet50, 0.55 % to densenet121, 2.0 % to
+mobilenet_v2 and 2.2 % to efficientnet_b0 (224×224; docs/criterion.md).
 """
 from __future__ import annotations
 

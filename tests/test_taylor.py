@@ -99,38 +99,42 @@ def batches(sizes, seed=0):
     return [(torch.randn(n, 3, 12, 12, generator=g), torch.randint(0, 4, (n,), generator=g)) for n in sizes]
 
 
+def observed(model, data, together=False):
+    """TaylorImportance after one mean-reduced backward per batch (or one for all batches)."""
+    imp = fxtaylor.TaylorImportance(model, X, normalize=None, flops_reg=0.0)
+    with imp.observe():
+        if together:
+            sum(F.cross_entropy(model(x), y) for x, y in data).backward()
+        for x, y in data if not together else []:
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()  # a mean-reduced loss, as users write it
+    return imp
+
+
+def assert_matches(imp, expected):
+    units = torch.cat([g.units for g in imp.graph.prunable_groups])
+    torch.testing.assert_close(imp.unit_scores()[units], expected[units], rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("net", [Chain, ResNetTiny])
 def test_raw_scores_equal_brute_force_eq8(net):
     torch.manual_seed(0)
     model = net().train()
     data = batches([3, 5, 2])
-    expected = brute_force(model, data)
-    imp = fxtaylor.TaylorImportance(model, X, normalize=None, flops_reg=0.0)
-    with imp.observe():
-        for x, y in data:
-            model.zero_grad()
-            F.cross_entropy(model(x), y).backward()  # a mean-reduced loss, as users write it
-    got = imp.unit_scores()
-    units = torch.cat([g.units for g in imp.graph.prunable_groups])
+    imp = observed(model, data)
     assert imp.examples == 10
-    torch.testing.assert_close(got[units], expected[units], rtol=1e-5, atol=0)
+    assert_matches(imp, brute_force(model, data))
 
 
 def test_gradient_accumulation_and_module_reuse_count_every_example():
     torch.manual_seed(0)
     model = ResNetTiny().train()
     data = batches([4, 4])
-    expected = brute_force(model, data)
-    imp = fxtaylor.TaylorImportance(model, X, normalize=None)
-    with imp.observe():
-        model.zero_grad()
-        losses = [F.cross_entropy(model(x), y) for x, y in data]  # two forwards, one backward
-        sum(losses).backward()
+    imp = observed(model, data, together=True)  # two forwards, one backward
     assert imp.examples == 8
-    units = torch.cat([g.units for g in imp.graph.prunable_groups])
     # the summed loss of two mean-reduced batches is what was backpropagated: per example, the
     # gradient is that of ℓ_n / 4, exactly as in two separate steps
-    torch.testing.assert_close(imp.unit_scores()[units], expected[units], rtol=1e-5, atol=0)
+    assert_matches(imp, brute_force(model, data))
 
 
 class Shared(nn.Module):
@@ -148,13 +152,7 @@ def test_module_called_twice_matches_brute_force():
     torch.manual_seed(0)
     model = Shared().train()
     data = batches([3, 2])
-    expected = brute_force(model, data)
-    imp = fxtaylor.TaylorImportance(model, X, normalize=None)
-    with imp.observe():
-        for x, y in data:
-            F.cross_entropy(model(x), y).backward()
-    units = torch.cat([g.units for g in imp.graph.prunable_groups])
-    torch.testing.assert_close(imp.unit_scores()[units], expected[units], rtol=1e-5, atol=0)
+    assert_matches(observed(model, data), brute_force(model, data))
 
 
 def test_autocast_scores_track_float32():
@@ -168,7 +166,7 @@ def test_autocast_scores_track_float32():
             for x, y in data:
                 F.cross_entropy(model(x), y).backward()
         imps.append(imp.unit_scores())
-    units = torch.cat([g.units for g in imps and fxtaylor.trace(model, X).prunable_groups])
+    units = torch.cat([g.units for g in fxtaylor.trace(model, X).prunable_groups])
     assert fxtaylor.spearman(imps[0][units], imps[1][units]) > 0.9
 
 
