@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import traceback
 import warnings
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -20,7 +20,7 @@ import torch.nn as nn
 from ..errors import TraceError
 from . import rules
 from .atoms import PARAM, Ann, Atoms, Factor
-from .call import Call, Multi
+from .call import Call
 
 
 class _Tracer(fx.Tracer):

@@ -165,4 +165,5 @@ def _per_position(g: torch.Tensor, z: torch.Tensor, dim: int) -> torch.Tensor:
     g = g.movedim(dim, 1).reshape(n, c, -1).float()
     z = z.detach().movedim(dim, 1).reshape(n, c, -1).float()
     with torch.autocast(g.device.type, enabled=False):  # backward may run inside autocast
-        return torch.einsum("ncm,ncm->nc", g, z)
+        # one pass over g and z; einsum lowers this to a bmm of tiny matrices, ~40 % slower
+        return torch.linalg.vecdot(g, z, dim=-1)
