@@ -10,7 +10,7 @@ import torch_pruning as tp
 import torchvision
 
 import fxtaylor
-from conftest import interleaved_medians, report
+from ratios import interleaved_medians, report
 
 
 @pytest.mark.parametrize("name", ["resnet50", "densenet121", "densenet201"])

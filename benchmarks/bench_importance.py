@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import torchvision
 
 import fxtaylor
-from conftest import interleaved_medians, report
+from ratios import interleaved_medians, report
 
 BATCH = 16
 

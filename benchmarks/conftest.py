@@ -1,38 +1,11 @@
-"""Benchmarks report ratios measured in the same run (machines are noisy; absolute times are not
-comparable across runs). Each benchmark stores ``ratio_*`` entries, with their goal, in
-``benchmark.extra_info``; they are listed at the end of the session.
-
-    pytest benchmarks --benchmark-enable            # times and ratios
-    pytest benchmarks                               # CI: --benchmark-disable, runs each once
-"""
-import statistics
-import time
-
-_RATIOS = []
-
-
-def interleaved_medians(fns, rounds):
-    """Median seconds of each function, run alternately so drift hits all of them alike."""
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t)
-    return [statistics.median(t) for t in times]
-
-
-def report(benchmark, name, value, goal, better="lower"):
-    benchmark.extra_info[name] = round(value, 4)
-    benchmark.extra_info[name + "_goal"] = goal
-    ok = value <= goal if better == "lower" else value >= goal
-    _RATIOS.append((benchmark.name, name, value, goal, better, ok))
+"""Prints the ratios the benchmarks reported (see ratios.py) at the end of the session."""
+from ratios import RATIOS
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not _RATIOS:
+    if not RATIOS:
         return
     terminalreporter.section("fxtaylor benchmark ratios")
-    for test, name, value, goal, better, ok in _RATIOS:
+    for test, name, value, goal, better, ok in RATIOS:
         sign = "<=" if better == "lower" else ">="
         terminalreporter.write_line(f"{test}: {name} = {value:.3f} (goal {sign} {goal}) {'met' if ok else 'MISSED'}")

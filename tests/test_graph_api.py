@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import fxtaylor
 from fxtaylor.graph.check import kill_channels
-from conftest import randomize_norms
+from deadcheck import randomize_norms
 
 X = torch.randn(2, 3, 16, 16)
 

@@ -12,7 +12,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import SqueezeExcitation
 
 import fxtaylor
-from conftest import assert_dead_equivalent, randomize_norms
+from deadcheck import assert_dead_equivalent, randomize_norms
 
 
 def cbr(cin, cout, k=3, stride=1, groups=1):

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 import fxtaylor
-from conftest import assert_dead_equivalent, randomize_norms
+from deadcheck import assert_dead_equivalent, randomize_norms
 
 FAST = ["resnet18", "mobilenet_v2", "densenet121", "efficientnet_b0", "regnet_y_400mf", "googlenet"]
 SHUFFLENETS = ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]

@@ -1,0 +1,29 @@
+"""Benchmarks report ratios measured in the same run (machines are noisy; absolute times are not
+comparable across runs). Each benchmark stores ``ratio_*`` entries, with their goal, in
+``benchmark.extra_info``; they are listed at the end of the session.
+
+    pytest benchmarks --benchmark-enable            # times and ratios
+    pytest benchmarks                               # CI: --benchmark-disable, runs each once
+"""
+import statistics
+import time
+
+RATIOS = []
+
+
+def interleaved_medians(fns, rounds):
+    """Median seconds of each function, run alternately so drift hits all of them alike."""
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
+
+
+def report(benchmark, name, value, goal, better="lower"):
+    benchmark.extra_info[name] = round(value, 4)
+    benchmark.extra_info[name + "_goal"] = goal
+    ok = value <= goal if better == "lower" else value >= goal
+    RATIOS.append((benchmark.name, name, value, goal, better, ok))
