@@ -34,15 +34,26 @@ Besides group membership, :attr:`Comparison.unit_mismatch` lists matching groups
 torch-pruning's unit ``k`` = the positions whose ``root_idx`` is ``k``. Two tools that agree on a
 group but pair its positions differently (a wrong index map through a concat/shuffle) show up
 there.
+
+**Dead-channel tests** (:func:`fx_dead`, :func:`tp_dead`): zero a channel at every source of
+the group, run, prune it through the tool, run again. A right group changes nothing beyond
+rounding. The bar is relative to the output's size (:data:`TOL`): 1e-5 in float32, 1e-9 in
+float64; run models in float64 where memory allows, or effects of ~1e-6 (a LayerNorm over
+channels that sees one channel fewer) pass for noise. :func:`resolve` runs fxtaylor's test on
+fxtaylor-only groups (must pass) and tp's on tp-only groups (a correct fxtaylor predicts
+they fail).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import math
 import random
-import traceback
+import signal
+import threading
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -56,7 +67,13 @@ Entry = tuple  # (module_name, axis, frozenset[int])
 Canon = frozenset  # frozenset[Entry]
 Units = frozenset  # frozenset[frozenset[(module_name, axis, int)]]
 
-TOL = 1e-5
+#: Dead-channel tolerance on ``max|before - after| / max(1, max|output|)``, by dtype. 1e-5 is
+#: the float32 bar; in float64 the rounding noise of a right group is ~1e-13, while the smallest
+#: real effects seen in the zoo (a LayerNorm over channels that sees one channel fewer, with
+#: ConvNeXt's 1e-6 layer scale) are ~1e-6, which float32 at 1e-5 cannot tell from noise.
+#: Relative to the output's size because some randomly initialised models blow up (Inception-v3
+#: outputs ~1e14 with init_weights=True: float32 noise alone is then ~1e7 in absolute terms).
+TOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -241,18 +258,56 @@ class Comparison:
         return not (self.only_fx or self.only_tp or self.unit_mismatch)
 
 
-def compare(model: nn.Module, x: Any, ignored: Sequence[nn.Module] | None = None) -> Comparison:
+class ToolError(Exception):
+    """fxtaylor or torch-pruning failed on a model; ``tool`` says which."""
+
+    def __init__(self, tool: str, error: BaseException):
+        super().__init__(f"{tool}: {type(error).__name__}: {str(error)[:300]}")
+        self.tool, self.error = tool, error
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise TimeoutError in the main thread after ``seconds`` (tp loops forever on some models,
+    eating ~60 MB/s). No-op when None, off the main thread or without SIGALRM."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _raise(*_):
+        raise TimeoutError(f"no answer after {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def compare(
+    model: nn.Module, x: Any, ignored: Sequence[nn.Module] | None = None, tp_timeout: float | None = None
+) -> Comparison:
     """Compare fxtaylor's non-frozen groups with torch-pruning's groups for ``model``.
 
     ``ignored`` (default: :func:`classifier_layers`) is passed to tp's ``get_all_groups``;
     fxtaylor gets nothing: it must find on its own that the classifier's output is frozen.
     tp groups that fxtaylor also has but frozen land in ``tp_frozen_by_fx``, not ``only_tp``.
+    Raises :class:`ToolError` naming the tool that failed (``tp_timeout``: seconds tp gets).
     """
     model.eval()
     if ignored is None:
         ignored = classifier_layers(model, x)
-    fx = fx_canonical(model, fxtaylor.trace(model, x))
-    tps = tp_canonical(model, x, ignored)
+    try:
+        fx = fx_canonical(model, fxtaylor.trace(model, x))
+    except Exception as e:
+        raise ToolError("fxtaylor", e) from e
+    try:
+        with time_limit(tp_timeout):
+            tps = tp_canonical(model, x, ignored)
+    except Exception as e:
+        raise ToolError("tp", e) from e
     f, t = set(fx.prunable), set(tps.groups)
     matching = f & t
     only_tp, frozen_by_fx = {}, {}
@@ -315,29 +370,59 @@ def describe(cmp: Comparison, limit: int = 20) -> str:
 
 @dataclass
 class Dead:
-    diff: float
+    diff: float  # max |output with dead channels - output after pruning them|
     same_shape: bool
     error: str | None = None
+    scale: float = 1.0  # max |output| of the intact model
+    tol: float = 1e-5
+
+    @property
+    def rel(self) -> float:
+        return self.diff / max(1.0, self.scale)
 
     @property
     def passed(self) -> bool:
-        return self.error is None and self.same_shape and self.diff <= TOL
+        return self.error is None and self.same_shape and self.rel <= self.tol
 
     def __str__(self) -> str:
-        return f"raised {self.error}" if self.error else f"diff={self.diff:.3g} same_shape={self.same_shape}"
+        if self.error:
+            return f"raised {self.error}"
+        return f"diff={self.diff:.3g} (rel {self.rel:.2g}, tol {self.tol:g}) same_shape={self.same_shape}"
+
+
+def output_scale(model: nn.Module, x: Any) -> float:
+    inputs = x if isinstance(x, (tuple, list)) else (x,)
+    with torch.no_grad():
+        return float(_output(model.eval()(*inputs)).abs().max())
+
+
+def _tol(x: Any) -> float:
+    t = x[0] if isinstance(x, (tuple, list)) else x
+    return TOL.get(t.dtype, 1e-5)
 
 
 def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
-def fx_dead(model: nn.Module, x: Any, group_index: int, channels: Sequence[int]) -> Dead:
-    """fxtaylor's dead-channel test for ``channels`` of group ``group_index``."""
+def _collect(model: nn.Module) -> None:
+    """The deep copies of the dead-channel tests sit in reference cycles (fx graphs, tp's
+    graph) and pile up between collections; free them at once for big models (a full
+    collection costs ~0.2 s, too much to pay for every small model)."""
+    if sum(p.numel() for p in model.parameters()) > 20_000_000:
+        gc.collect()
+
+
+def fx_dead(model: nn.Module, x: Any, group_index: int, channels: Sequence[int], scale: float = 1.0) -> Dead:
+    """fxtaylor's dead-channel test (:func:`fxtaylor.graph.check.dead_channel_diff`) for
+    ``channels`` of group ``group_index``. ``scale``: :func:`output_scale` of the model."""
     try:
         diff, same = dead_channel_diff(model, x, group_index, list(channels))
-        return Dead(diff, same)
+        return Dead(diff, same, None, scale, _tol(x))
     except Exception as e:  # a wrong group may break the pruned model
-        return Dead(math.inf, False, _err(e))
+        return Dead(math.inf, False, _err(e), scale, _tol(x))
+    finally:
+        _collect(model)
 
 
 def _zero(p: torch.Tensor | None, dim: int, idxs: list[int]) -> None:
@@ -371,12 +456,20 @@ def tp_kill(model: nn.Module, DG: tp.DependencyGraph, group: Any) -> None:
             _zero(getattr(mod, "bias", None), 0, idxs)
 
 
-def tp_dead(model: nn.Module, x: Any, root: str, channels: Sequence[int]) -> Dead:
+def tp_dead(model: nn.Module, x: Any, root: str, channels: Sequence[int], scale: float = 1.0) -> Dead:
     """tp's dead-channel test: on a deep copy, zero ``channels`` of the group rooted at the
     output channels of module ``root`` at every source (:func:`tp_kill`), run, prune the group
     through tp (``DG.get_pruning_group(root, prune_out_channels, channels).prune()``), run
     again. A right group leaves the output unchanged; a wrong one raises or changes it."""
+    try:
+        return _tp_dead(model, x, root, channels, scale)
+    finally:
+        _collect(model)
+
+
+def _tp_dead(model: nn.Module, x: Any, root: str, channels: Sequence[int], scale: float) -> Dead:
     inputs = x if isinstance(x, (tuple, list)) else (x,)
+    tol = _tol(x)
     m = copy.deepcopy(model).eval()
     try:
         DG = tp.DependencyGraph().build_dependency(m, example_inputs=x)
@@ -388,15 +481,15 @@ def tp_dead(model: nn.Module, x: Any, root: str, channels: Sequence[int]) -> Dea
             before = _output(m(*inputs))
         group.prune()
     except Exception as e:
-        return Dead(math.inf, False, "before pruning finished: " + _err(e))
+        return Dead(math.inf, False, "before pruning finished: " + _err(e), scale, tol)
     try:
         with torch.no_grad():
             after = _output(m(*inputs))
     except Exception as e:
-        return Dead(math.inf, False, _err(e))
+        return Dead(math.inf, False, _err(e), scale, tol)
     if before.shape != after.shape:
-        return Dead(math.inf, False)
-    return Dead(float((before - after).abs().max()), True)
+        return Dead(math.inf, False, None, scale, tol)
+    return Dead(float((before - after).abs().max()), True, None, scale, tol)
 
 
 # -- settling differences --------------------------------------------------------------------
@@ -409,7 +502,7 @@ class Verdict:
     handle: Any  # fx group index or tp root module name
     channels: list
     dead: Dead
-    frozen_by_fx: bool = False  # a tp group that fxtaylor has, but frozen
+    frozen_by_fx: bool = False  # tp group whose output slices fxtaylor knows are all frozen there
 
     @property
     def ok(self) -> bool:
@@ -422,7 +515,7 @@ class Verdict:
         tag = "" if self.ok else "   <-- unexpected"
         who = f"fxtaylor group {self.handle}" if self.side == "fxtaylor" else f"tp group rooted at {self.handle}.out"
         if self.frozen_by_fx:
-            who += " (fxtaylor freezes it)"
+            who += " (fxtaylor freezes its channels)"
         return f"{who}, channels {self.channels}: dead-channel test {what} ({self.dead}){tag}"
 
 
@@ -434,6 +527,9 @@ def resolve(
     random channels each. ``max_groups``: test at most that many random groups per side."""
     rng = random.Random(seed)
     out = []
+    scale = output_scale(model, x)
+    frozen_slices = _slices(cmp.fx.frozen)
+    known_slices = frozen_slices | _slices(cmp.fx.prunable)
 
     def pick(items: dict, key) -> list:
         items = sorted(items.items(), key=key)
@@ -445,13 +541,20 @@ def resolve(
     for c, gi in pick(cmp.only_fx, lambda kv: kv[1]):
         g = cmp.fx.graph.groups[gi]
         ch = sorted(rng.sample(range(g.size), min(n_channels, max(g.size - g.min_keep, 1))))
-        out.append(Verdict("fxtaylor", c, gi, ch, fx_dead(model, x, gi, ch)))
+        out.append(Verdict("fxtaylor", c, gi, ch, fx_dead(model, x, gi, ch, scale)))
     mods = dict(model.named_modules())
     for c, root in pick(tp_side, lambda kv: kv[1]):
         width = mods[root].out_channels if hasattr(mods[root], "out_channels") else mods[root].out_features
         ch = sorted(rng.sample(range(width), min(n_channels, width - 1)))
-        out.append(Verdict("tp", c, root, ch, tp_dead(model, x, root, ch), c in cmp.tp_frozen_by_fx))
+        outs = _slices([_outs(c)]) & known_slices  # (fxtaylor may not know a module at all)
+        frozen = c in cmp.tp_frozen_by_fx or (bool(outs) and outs <= frozen_slices)
+        out.append(Verdict("tp", c, root, ch, tp_dead(model, x, root, ch, scale), frozen))
     return out
+
+
+def _outs(c: Canon) -> Canon:
+    """The output-side entries of a group (what its channels are made by)."""
+    return frozenset(e for e in c if e[1] != "in")
 
 
 def _slices(groups: Iterable[Canon]) -> set:
@@ -480,7 +583,7 @@ def grouped_conv_difference(model: nn.Module, cmp: Comparison) -> str | None:
 
 
 __all__ = [
-    "Comparison", "Dead", "Verdict", "classifier_layers", "compare", "describe", "describe_group",
-    "fx_canonical", "fx_dead", "grouped_conv_difference", "is_depthwise", "is_grouped", "randomize_norms", "resolve",
-    "tp_canonical", "tp_dead", "tp_kill",
+    "Comparison", "Dead", "ToolError", "Verdict", "classifier_layers", "compare", "describe", "describe_group",
+    "fx_canonical", "fx_dead", "grouped_conv_difference", "is_depthwise", "output_scale", "is_grouped", "randomize_norms", "resolve",
+    "time_limit", "tp_canonical", "tp_dead", "tp_kill",
 ]
