@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 import torch
 
@@ -37,7 +38,7 @@ def inspect(args: argparse.Namespace) -> int:
         rows.append((str(g.index), str(g.size), str(g.width), str(len(g.members)), shown, state))
     head = ("group", "channels", "width", "members", "producers", "state")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    fmt = "  ".join(f"{{:{'>' if i < 4 else '<'}{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:{'>' if i < 4 else '<'}{w if i < len(widths) - 1 else ''}}}" for i, w in enumerate(widths))
     print(fmt.format(*head))
     for r in rows:
         print(fmt.format(*r))
@@ -50,6 +51,8 @@ def inspect(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torchvision's model code still calls torch.jit.script; torch 2.14 deprecates it loudly
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
     parser = argparse.ArgumentParser(prog="fxtaylor", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="show the channel groups of a model")

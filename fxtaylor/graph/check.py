@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .atoms import NORM, PARAM, PRODUCER
-from .channel_graph import ChannelGraph, ChannelGroup, trace
+from .channel_graph import ChannelGroup, trace
 
 
 def kill_channels(model: nn.Module, group: ChannelGroup, channels: Sequence[int]) -> None:
@@ -55,4 +55,4 @@ def dead_channel_diff(model: nn.Module, example_inputs: Any, group_index: int, c
     return float((before - after).abs().max()), before.shape == after.shape
 
 
-__all__ = ["ChannelGraph", "dead_channel_diff", "kill_channels"]
+__all__ = ["dead_channel_diff", "kill_channels"]
