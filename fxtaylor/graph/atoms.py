@@ -123,13 +123,6 @@ class Atoms:
         if a.numel():
             self.ties.append((a, b))
 
-    def tie_all(self, atoms: torch.Tensor) -> None:
-        """Every atom in ``atoms`` must be removed together (one unit)."""
-        flat = atoms.reshape(-1)
-        flat = flat[flat >= 0]
-        if flat.numel() > 1:
-            self.ties.append((flat[:1].expand(flat.numel() - 1), flat[1:]))
-
     def freeze(self, atoms: torch.Tensor, reason: str) -> None:
         """These atoms (and everything tied to them) must never be removed."""
         flat = atoms.reshape(-1)
