@@ -57,7 +57,7 @@ class GraphImportance(tp.importance.Importance):
         self._trace_kwargs = trace_kwargs
         self.graph = graph if graph is not None else trace(model, example_inputs, **trace_kwargs)
         self._names = {id(m): n for n, m in model.named_modules()}
-        self._cost: torch.Tensor | None = None
+        self._cost: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cost_key: tuple | None = None
 
     # -- to implement ------------------------------------------------------------------------
@@ -109,18 +109,23 @@ class GraphImportance(tp.importance.Importance):
     def unit_costs(self) -> torch.Tensor:
         """FLOPs removed by deleting each unit, from a fresh fvcore analysis whenever the
         architecture changed since the last one."""
-        key = tuple(u.numel() for u in self.graph.unit_maps.values())
-        if self._cost is None or key != self._cost_key:
-            _, own = flops.count(self.model, self.example_inputs)
-            self._cost, self._cost_key = flops.unit_costs(self.graph, own), key
-        return self._cost
+        return self._costs()[0]
 
     def normalized_costs(self) -> torch.Tensor:
         """Unit costs divided by the mean cost of all prunable units: 1 = an average map."""
-        cost = self.unit_costs()
-        units = [g.units for g in self.graph.prunable_groups]
-        mean = cost[torch.cat(units)].mean() if units else cost.new_ones(())
-        return cost / mean if mean > 0 else cost
+        return self._costs()[1]
+
+    def _costs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw, normalised) unit costs, recomputed only when the architecture changed: a
+        pruner asks once per group per step."""
+        key = tuple(u.numel() for u in self.graph.unit_maps.values())
+        if self._cost is None or key != self._cost_key:
+            _, own = flops.count(self.model, self.example_inputs)
+            cost = flops.unit_costs(self.graph, own)
+            units = [g.units for g in self.graph.prunable_groups]
+            mean = cost[torch.cat(units)].mean() if units else cost.new_ones(())
+            self._cost, self._cost_key = (cost, cost / mean if mean > 0 else cost), key
+        return self._cost
 
     def group_scores(self, group: ChannelGroup) -> torch.Tensor:
         """Final score of each channel of ``group``: normalised, minus λ·cost. Lowest goes first."""
