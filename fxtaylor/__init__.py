@@ -9,11 +9,13 @@ from .importance import (
     ActivationMeanImportance, ActivationStdImportance, OracleImportance, RandomImportance, TaylorImportance,
     WeightImportance, spearman,
 )
+from .pruner import PruneResult, prune
+from .saving import load, save
 
 __version__ = "0.1.0"
 __all__ = [
     "ActivationMeanImportance", "ActivationStdImportance", "OracleImportance", "RandomImportance",
     "TaylorImportance", "WeightImportance", "spearman",
     "ChannelGraph", "ChannelGroup", "FeatureMap", "FxTaylorError", "Member", "PruneError",
-    "TraceError", "trace",
+    "TraceError", "trace", "PruneResult", "prune", "load", "save",
 ]

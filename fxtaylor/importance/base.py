@@ -57,7 +57,7 @@ class GraphImportance(tp.importance.Importance):
         self._trace_kwargs = trace_kwargs
         self.graph = graph if graph is not None else trace(model, example_inputs, **trace_kwargs)
         self._names = {id(m): n for n, m in model.named_modules()}
-        self._cost: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cost: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._cost_key: tuple | None = None
 
     # -- to implement ------------------------------------------------------------------------
@@ -115,16 +115,20 @@ class GraphImportance(tp.importance.Importance):
         """Unit costs divided by the mean cost of all prunable units: 1 = an average map."""
         return self._costs()[1]
 
-    def _costs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw, normalised) unit costs, recomputed only when the architecture changed: a
-        pruner asks once per group per step."""
+    def total_flops(self) -> int:
+        """FLOPs of one forward pass of the model as it is now (same fvcore analysis)."""
+        return self._costs()[2]
+
+    def _costs(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(raw, normalised) unit costs and the total, recomputed only when the architecture
+        changed: a pruner asks once per group per step."""
         key = tuple(u.numel() for u in self.graph.unit_maps.values())
         if self._cost is None or key != self._cost_key:
-            _, own = flops.count(self.model, self.example_inputs)
+            total, own = flops.count(self.model, self.example_inputs)
             cost = flops.unit_costs(self.graph, own)
             units = [g.units for g in self.graph.prunable_groups]
             mean = cost[torch.cat(units)].mean() if units else cost.new_ones(())
-            self._cost, self._cost_key = (cost, cost / mean if mean > 0 else cost), key
+            self._cost, self._cost_key = (cost, cost / mean if mean > 0 else cost, total), key
         return self._cost
 
     def group_scores(self, group: ChannelGroup) -> torch.Tensor:

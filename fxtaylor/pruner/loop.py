@@ -1,0 +1,410 @@
+"""The paper's iterative prune / fine-tune loop (Molchanov et al. 2017, §2), made dependable.
+
+Each step: N minibatch updates of ordinary fine-tuning with the Taylor criterion observing
+them; one global ranking of every prunable map; the lowest ones removed through the channel
+graph (the optimizer's state follows, :mod:`fxtaylor.optim`); the criterion reset; FLOPs
+re-counted with fvcore; optionally accuracy measured; the run state checkpointed. Until the
+FLOPs target is reached (within ``tolerance`` below it) or the accuracy floor would be broken.
+"""
+from __future__ import annotations
+
+import copy
+import contextlib
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .. import flops, models, optim, saving
+from ..errors import FxTaylorError
+from ..graph import trace
+from ..importance import TaylorImportance
+from . import measure, state
+from .result import PruneResult
+from .select import max_saving, select
+
+DEFAULT_FLOPS_REG = 0.0
+"""λ when none is given. The paper's 1e-3 is in its own (unstated) FLOPs units; ours are
+"average maps" (docs/criterion.md); the value is chosen by the sweep in docs/results.md."""
+
+PAPER_UPDATES = 30  # minibatch updates between prunings, Birds-200 / VGG-16 setting
+MAPS_FRACTION = 0.01  # default maps per prune: 1 % of the prunable maps (see docs/usage.md)
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "fxtaylor.checkpoint/1"
+
+
+def prune(
+    model: nn.Module,
+    train_loader: Iterable,
+    *,
+    target_flops: float,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    updates_between_prunes: int = PAPER_UPDATES,
+    maps_per_prune: int | None = None,
+    flops_reg: float = DEFAULT_FLOPS_REG,
+    normalize: str | None = "l2",
+    val_loader: Iterable | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    min_accuracy: float | None = None,
+    eval_every: int = 1,
+    final_updates: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    seed: int | None = None,
+    arch: dict | None = None,
+    ignored_layers: Iterable[nn.Module | str] = (),
+    leaf_modules: Iterable[type | str | nn.Module] = (),
+    tolerance: float = 0.01,
+    measure_latency: bool = True,
+    progress: bool = True,
+    on_step: Callable[[dict], None] | None = None,
+) -> PruneResult:
+    """Prune ``model`` (fine-tuned on the task of ``train_loader``) to ``target_flops`` × its
+    FLOPs, fine-tuning all along. The model is pruned in place; see :class:`PruneResult`.
+
+    ``train_loader`` yields ``(inputs, labels)``; ``loss_fn(outputs, labels)`` defaults to
+    cross-entropy, ``optimizer`` to the paper's SGD (lr 1e-4, momentum 0.9, wd 1e-4).
+    ``updates_between_prunes`` (paper: 30) updates observe the criterion before each pruning
+    step, which removes ``maps_per_prune`` maps (default: 1 % of the prunable maps) ranked
+    globally by ℓ2-normalised Taylor score minus ``flops_reg`` × FLOPs cost. The run ends with
+    FLOPs in ``[target·(1 − tolerance), target]`` × the original (slightly above only if no
+    remaining map fits that band), and ``final_updates`` more updates.
+
+    Accuracy: ``val_loader`` (top-1) or ``evaluate(model) -> float``, every ``eval_every``
+    steps; with ``min_accuracy`` a step whose pruned model falls below it is undone and the run
+    stops. ``checkpoint_dir`` gets the run state after every step; ``resume=True`` continues
+    from it (pass the same unpruned model, loaders and settings). ``arch`` is the model's arch
+    record (:mod:`fxtaylor.models`) so the result can be loaded by name; custom models are
+    loaded with ``fxtaylor.load(path, base=unpruned_model)``.
+    """
+    _check(target_flops, flops_reg, updates_between_prunes, maps_per_prune, min_accuracy,
+           val_loader, evaluate, eval_every, final_updates, tolerance, checkpoint_dir, resume)
+    ckpt = _read_checkpoint(checkpoint_dir) if resume else None
+    if seed is not None:
+        state.seed_everything(seed)
+    example = _first_batch(train_loader)[0][:1].to(measure.device_of(model))
+    run = _Run(model, train_loader, example, locals())
+    return run.execute(ckpt)
+
+
+def _check(target, lam, n, k, floor, val_loader, evaluate, eval_every, final, tol, ckpt_dir, resume) -> None:
+    if not (isinstance(target, (int, float)) and 0 < target < 1):
+        raise FxTaylorError(f"target_flops must be a fraction of the original FLOPs in (0, 1), got {target!r}")
+    if not (isinstance(lam, (int, float)) and lam >= 0):
+        raise FxTaylorError(f"flops_reg (λ) must be >= 0, got {lam!r}")
+    if not (isinstance(n, int) and n >= 1):
+        raise FxTaylorError(f"updates_between_prunes must be an integer >= 1, got {n!r}")
+    if k is not None and not (isinstance(k, int) and k >= 1):
+        raise FxTaylorError(f"maps_per_prune must be an integer >= 1 or None, got {k!r}")
+    if not (isinstance(eval_every, int) and eval_every >= 1) or not (isinstance(final, int) and final >= 0):
+        raise FxTaylorError("eval_every must be >= 1 and final_updates >= 0")
+    if not 0 <= tol < 1:
+        raise FxTaylorError(f"tolerance must be in [0, 1), got {tol!r}")
+    if floor is not None:
+        if val_loader is None and evaluate is None:
+            raise FxTaylorError("min_accuracy needs val_loader or evaluate to measure accuracy")
+        if not 0 <= floor <= 1:
+            raise FxTaylorError(f"min_accuracy is a fraction in [0, 1], got {floor!r}")
+    if resume and ckpt_dir is None:
+        raise FxTaylorError("resume=True needs the checkpoint_dir of the interrupted run")
+
+
+def _read_checkpoint(ckpt_dir: str | os.PathLike) -> dict:
+    ckpt = saving.safe_load(Path(ckpt_dir) / CHECKPOINT, "checkpoint")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise FxTaylorError(f"{Path(ckpt_dir) / CHECKPOINT} is not an fxtaylor checkpoint")
+    return ckpt
+
+
+def _first_batch(loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise FxTaylorError("the training loader yields no batches") from None
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(b, torch.Tensor) for b in batch[:2])):
+        raise FxTaylorError(f"the training loader must yield (inputs, labels) tensor pairs; got {_describe(batch)}")
+    if batch[0].shape[0] == 0:
+        raise FxTaylorError("the training loader yields empty batches")
+    return batch[0], batch[1]
+
+
+def _describe(batch: Any) -> str:
+    if isinstance(batch, torch.Tensor):
+        return f"a single tensor of shape {tuple(batch.shape)} (no labels)"
+    if isinstance(batch, (tuple, list)):
+        return f"a {type(batch).__name__} of {len(batch)}: " + ", ".join(type(b).__name__ for b in batch[:3])
+    return type(batch).__name__
+
+
+def _names(model: nn.Module, items: Iterable, types_ok: bool) -> list[str]:
+    """Module names for ``ignored_layers`` / ``leaf_modules`` (types expand to every instance),
+    so the arch record holds strings only."""
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for it in items:
+        if isinstance(it, str):
+            out.append(it)
+        elif isinstance(it, nn.Module):
+            out.append(names[id(it)])
+        elif types_ok and isinstance(it, type):
+            out += [n for n, m in model.named_modules() if type(m) is it]
+        else:
+            raise FxTaylorError(f"cannot name {it!r}: pass modules, module names or module types")
+    return out
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import fvcore
+    import torch_pruning
+    import torchvision
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "torch_pruning": getattr(torch_pruning, "__version__", "?"), "fvcore": getattr(fvcore, "__version__", "?"),
+        "platform": platform.platform(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+class _Run:
+    def __init__(self, model: nn.Module, loader: Iterable, example: torch.Tensor, args: dict[str, Any]):
+        self.model, self.example, self.a = model, example, args
+        self.device = measure.device_of(model)
+        self.loss_fn = args["loss_fn"] or nn.CrossEntropyLoss()
+        self.batches = state.Batches(loader)
+        self.trace_kwargs = {
+            "ignored_layers": _names(model, args["ignored_layers"], False),
+            "leaf_modules": _names(model, args["leaf_modules"], True),
+        }
+        self.ckpt_path = Path(args["checkpoint_dir"]) / CHECKPOINT if args["checkpoint_dir"] is not None else None
+        self.removed: list[int] = []
+        self.history: list[dict[str, Any]] = []
+        self.t0 = time.perf_counter()
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def execute(self, ckpt: dict | None) -> PruneResult:
+        a = self.a
+        self.original = copy.deepcopy(self.model) if a["measure_latency"] else None
+        self.layers_before = measure.out_channels(self.model)
+        if ckpt is not None:
+            graph = self._restore_model(ckpt)
+        else:
+            graph = trace(self.model, self.example, **self.trace_kwargs)
+        self.opt = a["optimizer"]
+        reduction = getattr(self.loss_fn, "reduction", "mean")
+        self.imp = TaylorImportance(self.model, self.example, normalize=a["normalize"], flops_reg=a["flops_reg"],
+                                    loss_reduction="sum" if reduction == "sum" else "mean", graph=graph)
+        if ckpt is None:
+            self._check_reachable()
+            self.opt = self.opt or optim.paper_sgd(self.model)
+            self.before = {"flops": self.imp.total_flops(), "params": measure.params(self.model), "accuracy": self._evaluate()}
+            self.history.append(self._record(0, 0, None, self.before["accuracy"]))
+            n_prunable = sum(g.num_prunable for g in graph.prunable_groups)
+            self.k = a["maps_per_prune"] or max(1, math.ceil(MAPS_FRACTION * n_prunable))
+        else:
+            self._restore_run(ckpt)
+        self.target = a["target_flops"] * self.before["flops"]
+        t_prune = time.perf_counter()
+        result = self._loop()
+        self.timings = {"prune_s": time.perf_counter() - t_prune}
+        return self._finish(result)
+
+    def _check_reachable(self) -> None:
+        groups = self.imp.graph.prunable_groups
+        if not groups:
+            reasons = sorted({r for g in self.imp.graph.groups for r in g.frozen})
+            raise FxTaylorError("nothing to prune: every channel group is frozen or at its minimum" + (f" ({reasons[0]}; ...)" if reasons else ""))
+        total = self.imp.total_flops()
+        floor = total - max_saving(self.imp)
+        if floor > self.a["target_flops"] * total:
+            raise FxTaylorError(
+                f"target_flops={self.a['target_flops']} cannot be reached: pruning every prunable channel "
+                f"leaves at least {floor / total:.1%} of the FLOPs (the rest is in frozen groups or unprunable layers)"
+            )
+
+    def _restore_model(self, ckpt: dict) -> Any:
+        """Rebuild the checkpoint's architecture from the unpruned model passed in."""
+        old_names = {id(p): n for n, p in self.model.named_parameters()}
+        arch = ckpt["arch"]
+        if list(self.example.shape[1:]) != list(arch["input_shape"][1:]):
+            raise FxTaylorError(f"the checkpoint was made with inputs {arch['input_shape']}, the loader gives {list(self.example.shape)}")
+        graph = models.replay(self.model, arch["input_shape"], arch["trace"], arch["removed_units"])
+        saving.load_state(self.model, ckpt["state_dict"], self.ckpt_path)
+        opt = self.a["optimizer"]
+        if opt is not None:  # point the user's optimizer at the rebuilt parameters
+            new = dict(self.model.named_parameters())
+            for pg in opt.param_groups:
+                pg["params"] = [new[old_names[id(p)]] for p in pg["params"]]
+        self.a["optimizer"] = opt or optim.paper_sgd(self.model)
+        self.a["optimizer"].load_state_dict(ckpt["optimizer"])
+        self.removed = list(arch["removed_units"])
+        return graph
+
+    def _restore_run(self, ckpt: dict) -> None:
+        imp = ckpt["importance"]
+        self.imp.sums, self.imp.examples, self.imp.elements = imp["sums"].to(self.device), imp["examples"], imp["elements"].to(self.device)
+        self.before, self.history, self.k = ckpt["before"], ckpt["history"], ckpt["maps_per_prune"]
+        self.t0 -= self.history[-1]["time_s"]
+        self.batches.restore(ckpt["data"])
+        state.set_rng_state(ckpt["rng"])
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> tuple[bool, str]:
+        a, F0 = self.a, self.before["flops"]
+        bar = tqdm(total=round(100 * (1 - a["target_flops"]), 1), desc="pruning", unit="% FLOPs",
+                   disable=not a["progress"], bar_format="{l_bar}{bar}| {n:.1f}/{total} {unit} [{elapsed}{postfix}]")
+        bar.update(round(100 * (1 - self.imp.total_flops() / F0), 1))
+        try:
+            while True:
+                flops = self.imp.total_flops()
+                if flops <= self.target:
+                    return True, "target reached"
+                step = len(self.history)
+                loss = self._updates(a["updates_between_prunes"], step, observe=True)
+                snapshot = copy.deepcopy((self.model, self.opt, self.removed)) if a["min_accuracy"] is not None else None
+                removed = self._cut()
+                self.imp.reset()
+                if removed == 0:
+                    band = self.imp.total_flops() <= self.target * (1 + a["tolerance"])
+                    return band, "target reached" if band else "nothing left to prune"
+                new_flops = self.imp.total_flops()
+                done = new_flops <= self.target
+                acc = self._evaluate() if (step % a["eval_every"] == 0 or done) else None
+                rec = self._record(step, removed, loss, acc)
+                if a["min_accuracy"] is not None and acc is not None and acc < a["min_accuracy"]:
+                    rec["reverted"] = True
+                    self.history.append(rec)
+                    self.model, self.opt, self.removed = snapshot
+                    return False, f"accuracy floor: step {step} gave {acc:.2%} < {a['min_accuracy']:.2%}"
+                self.history.append(rec)
+                self._checkpoint()
+                bar.update(round(100 * (flops - new_flops) / F0, 1))
+                bar.set_postfix_str(f"step {step}, FLOPs {new_flops / F0:.1%}" + (f", acc {acc:.2%}" if acc is not None else ""))
+                if a["on_step"] is not None:
+                    a["on_step"](rec)
+        finally:
+            bar.close()
+
+    def _updates(self, n: int, step: int | str, observe: bool) -> float | None:
+        """``n`` training updates (observed by the criterion when ``observe``); mean loss."""
+        if n == 0:
+            return None
+        self.model.train()
+        total = 0.0
+        bar = tqdm(range(n), desc=f"step {step}: {'observe' if observe else 'fine-tune'}", leave=False, disable=not self.a["progress"])
+        ctx = self.imp.observe() if observe else contextlib.nullcontext()
+        with ctx:
+            for u in bar:
+                x, y = self.batches.next()[:2]
+                loss = self.loss_fn(self.model(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True))
+                value = float(loss)
+                if not math.isfinite(value):
+                    where = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path and self.ckpt_path.exists() else "no checkpoint was written"
+                    raise FxTaylorError(f"the loss became {value} at step {step}, update {u + 1}; stopped ({where})")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                total += value
+        return total / n
+
+    def _cut(self) -> int:
+        """Remove up to ``k`` maps; re-select within the step if the FLOPs estimate stopped
+        short of the target (it never over-predicts the saving, so this only adds maps)."""
+        a, removed = self.a, 0
+        floor = self.target * (1 - a["tolerance"])
+        for _ in range(8):
+            flops = self.imp.total_flops()
+            cuts = select(self.imp, self.k - removed, flops, self.target, floor)
+            if not cuts and removed == 0 and flops > self.target * (1 + a["tolerance"]):
+                cuts = select(self.imp, 1, flops, self.target, -math.inf)  # nothing fits the band: best effort
+            if not cuts:
+                break
+            for c in cuts:
+                self.removed += c.group.units[c.channels].tolist()
+                optim.prune_keeping_state(self.imp.graph, c.group, c.channels, self.opt)
+                removed += int(c.channels.numel())
+            if removed >= self.k or self.imp.total_flops() <= self.target:
+                break
+        return removed
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _evaluate(self) -> float | None:
+        if self.a["evaluate"] is not None:
+            return float(self.a["evaluate"](self.model))
+        if self.a["val_loader"] is not None:
+            return measure.accuracy(self.model, self.a["val_loader"])
+        return None
+
+    def _record(self, step: int | str, removed: int, loss: float | None, acc: float | None) -> dict[str, Any]:
+        return {
+            "step": step, "flops": self._flops(), "params": measure.params(self.model), "accuracy": acc,
+            "loss": loss, "removed": removed, "time_s": round(time.perf_counter() - self.t0, 3),
+        }
+
+    def arch(self) -> dict:
+        return {
+            "kind": "pruned", "base": self.a["arch"] or {"kind": "custom"}, "input_shape": list(self.example.shape),
+            "trace": self.trace_kwargs, "removed_units": list(self.removed),
+        }
+
+    def _checkpoint(self) -> None:
+        if self.ckpt_path is None:
+            return
+        imp = self.imp
+        saving.atomic_save({
+            "format": CHECKPOINT_FORMAT, "arch": self.arch(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.opt.state_dict(),
+            "importance": {"sums": imp.sums.cpu(), "examples": imp.examples, "elements": imp.elements.cpu()},
+            "rng": state.rng_state(), "data": self.batches.position(),
+            "before": self.before, "history": self.history, "maps_per_prune": self.k,
+        }, self.ckpt_path)
+
+    def _finish(self, outcome: tuple[bool, str]) -> PruneResult:
+        reached, reason = outcome
+        a = self.a
+        t = time.perf_counter()
+        if a["final_updates"]:
+            loss = self._updates(a["final_updates"], "final", observe=False)
+            self.history.append(self._record("final", 0, loss, self._evaluate()))
+        self.timings["final_s"] = time.perf_counter() - t
+        last_acc = next((h["accuracy"] for h in reversed(self.history) if not h.get("reverted")), None)
+        if self.history[-1].get("accuracy") is None or self.history[-1].get("reverted"):
+            last_acc = self._evaluate()
+        after = {"flops": self._flops(), "params": measure.params(self.model), "accuracy": last_acc}
+        speedup = None
+        if self.original is not None:
+            self.before["latency_ms"], after["latency_ms"] = measure.latency_ms([self.original, self.model], self.example)
+            speedup = self.before["latency_ms"] / after["latency_ms"]
+        if a["target_flops"] and reached:
+            reached = abs(after["flops"] / self.before["flops"] - a["target_flops"]) <= a["tolerance"] * a["target_flops"]
+        layers_after = measure.out_channels(self.model)
+        self.timings["total_s"] = time.perf_counter() - self.t0
+        config = {k: a[k] for k in ("target_flops", "flops_reg", "normalize", "updates_between_prunes", "eval_every",
+                                     "final_updates", "min_accuracy", "seed", "tolerance")}
+        config.update(maps_per_prune=self.k, model=models.base_name(self.arch()), optimizer=type(self.opt).__name__,
+                      input_shape=list(self.example.shape))
+        return PruneResult(
+            model=self.model, arch=self.arch(), target_flops=a["target_flops"], reached=reached, stop_reason=reason,
+            before=self.before, after=after, speedup=speedup, history=self.history,
+            layers=[{"name": n, "before": c, "after": layers_after.get(n, 0)} for n, c in self.layers_before.items()],
+            config=config, environment=environment(self.device), timings=self.timings,
+        )
+
+    def _flops(self) -> int:
+        """FLOPs of the model now; after an accuracy-floor revert the criterion's graph
+        belongs to the discarded model, so count afresh."""
+        if self.imp.model is self.model:
+            return self.imp.total_flops()
+        return flops.count(self.model, self.example)[0]

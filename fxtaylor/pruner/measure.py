@@ -1,0 +1,76 @@
+"""Numbers a run reports: parameters, top-1 accuracy, latency."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+
+def device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def accuracy(model: nn.Module, loader: Iterable) -> float:
+    """Top-1 accuracy over ``loader``'s (inputs, labels) batches, in eval mode."""
+    device = device_of(model)
+    was = model.training
+    model.eval()
+    right = total = 0
+    try:
+        with torch.no_grad():
+            for x, y, *_ in loader:
+                out = model(x.to(device, non_blocking=True))
+                right += int((out.argmax(1) == y.to(device)).sum())
+                total += int(y.numel())
+    finally:
+        model.train(was)
+    return right / total if total else float("nan")
+
+
+def latency_ms(models: list[nn.Module], example: torch.Tensor, repeats: int = 30, warmup: int = 3) -> list[float]:
+    """Median forward time (ms) of each model on ``example``, timed in interleaved rounds so a
+    noisy machine slows every model alike (the ratio is what to read)."""
+    times: list[list[float]] = [[] for _ in models]
+    states = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.inference_mode():
+            for r in range(warmup + repeats):
+                for i, m in enumerate(models):
+                    x = example.to(device_of(m))
+                    _sync(x)
+                    t = time.perf_counter()
+                    m(x)
+                    _sync(x)
+                    if r >= warmup:
+                        times[i].append((time.perf_counter() - t) * 1e3)
+    finally:
+        for m, s in zip(models, states):
+            m.train(s)
+    return [statistics.median(t) for t in times]
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
+def out_channels(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv and linear, in model order: the per-layer widths a run
+    reports before and after."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out[name] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            out[name] = m.out_features
+    return out

@@ -1,0 +1,458 @@
+"""The run report: what a pruning run leaves behind, as a JSON file, two plots and a text table.
+
+A pruning run (``fxtaylor.prune``) builds a plain, JSON-able dict — the *report* — and hands it
+to :func:`write`, which turns it into files in the run directory::
+
+    run_dir/
+        report.json            the dict itself (the contract below), written atomically
+        accuracy_vs_flops.png  accuracy after each pruning step against the FLOPs left
+        channels.png           output channels of every conv/linear, before and after
+
+``fxtaylor report RUN_DIR`` (:func:`command`) reads it back, prints :func:`summary_table` and
+redraws any plot that went missing.
+
+The report dict (only ``history`` is required to *read* a report; the rest is shown when present):
+
+``fxtaylor``        version that wrote it
+``config``          free-form run settings; ``config["model"]`` (a name) titles the plots
+``environment``     python / torch / ... versions, device, threads
+``target_flops``    fraction of the original FLOPs to keep, e.g. 0.5
+``reached``, ``stop_reason``   whether the target was met, and why the loop stopped
+``before``, ``after``          ``{"flops", "params", "accuracy", "latency_ms"}``
+``speedup``         latency before / after, measured interleaved in the same run
+``history``         step 0 (unpruned), one record per pruning step, optionally ``"step": "final"``
+                    after the final fine-tune; each ``{"step", "flops", "params", "accuracy",
+                    "loss", "removed", "time_s"}``
+``layers``          ``[{"name", "before", "after"}]`` output channels per conv/linear, model order
+``model_file``      the saved pruned model, relative to the run directory
+``timings``         ``{"finetune_s", "prune_s", "total_s"}``, any of them may be missing
+
+Accuracies are fractions in [0, 1] (shown as %), FLOPs and parameters plain counts (one fused
+multiply-add = one flop, as fvcore counts). Any value may be ``None`` (``null``): a run without
+validation data has no accuracy, a run on a busy machine may skip latency.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import FxTaylorError
+
+REPORT_FILE = "report.json"
+# Plot name → file name. The names are the keys write() returns and command() prints.
+PLOT_FILES = {"accuracy_vs_flops": "accuracy_vs_flops.png", "channels": "channels.png"}
+
+MISSING = "–"  # printed for a value the run did not record (en dash: reads as "none", not as minus)
+DPI = 100  # fixed, so a figure of w×h inches is always a (w·DPI)×(h·DPI) image
+MAX_TICK_LABELS = 40  # more layer names than this on one axis overlap; show every k-th instead
+
+
+# --------------------------------------------------------------------------------------------
+# Files: report.json written atomically, read back with one-line errors
+# --------------------------------------------------------------------------------------------
+
+def write(run_dir: str | os.PathLike, report: dict) -> dict[str, Path]:
+    """Write ``report.json`` and both plots into ``run_dir`` (created if needed).
+
+    The JSON goes first: it is the record of a run that may have taken hours, the plots can be
+    redrawn from it (``fxtaylor report``). Every file is written atomically, so a crash or a full
+    disk leaves either the previous file or the new one, never half of one.
+
+    Returns the written paths by name: ``"report"``, ``"accuracy_vs_flops"``, ``"channels"``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"report": run_dir / REPORT_FILE}
+    # allow_nan=False: jsonable() already turned NaN/inf into None; if one slipped through we
+    # want an error here, not a bare NaN that strict JSON readers (jq, JavaScript) reject.
+    text = json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n"
+    _atomic_write(paths["report"], text.encode("utf-8"))
+    paths.update(write_plots(run_dir, report))
+    return paths
+
+
+def write_plots(run_dir: str | os.PathLike, report: dict, only: list[str] | None = None) -> dict[str, Path]:
+    """Draw the plots named in ``only`` (default: all of ``PLOT_FILES``) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    draw = {"accuracy_vs_flops": plot_accuracy_vs_flops, "channels": plot_channels}
+    written = {}
+    for name in PLOT_FILES if only is None else only:
+        written[name] = run_dir / PLOT_FILES[name]
+        draw[name](report, written[name])
+    return written
+
+
+def read(run_dir: str | os.PathLike) -> dict:
+    """Load ``run_dir/report.json``; anything that is not a readable report is a FxTaylorError.
+
+    The message is one line and names the path, since it is what the user typed wrong.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FxTaylorError(f"run directory {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise FxTaylorError(f"{run_dir} is not a directory: pass the run directory that holds {REPORT_FILE}")
+    path = run_dir / REPORT_FILE
+    if not path.is_file():
+        raise FxTaylorError(f"{path} not found: {run_dir} is not a fxtaylor run directory (or the run did not finish)")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise FxTaylorError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise FxTaylorError(f"{path} is not valid JSON (not UTF-8 text)") from None
+    except OSError as e:
+        raise FxTaylorError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(report, dict) or "history" not in report:
+        raise FxTaylorError(f"{path} is not a fxtaylor report (no 'history' key)")
+    if not isinstance(report["history"], list):
+        raise FxTaylorError(f"{path} is not a fxtaylor report ('history' is not a list)")
+    return report
+
+
+def jsonable(value: Any) -> Any:
+    """A copy of ``value`` that ``json.dumps(..., allow_nan=False)`` accepts.
+
+    Non-finite floats become ``None``: JSON has no NaN, and Python's ``json`` would otherwise
+    write a bare ``NaN`` that other readers reject (a diverged loss is NaN). Tuples become
+    lists, paths strings, and numpy/torch scalars (anything with ``.item()``) plain numbers —
+    a run easily records ``tensor.mean()`` instead of ``tensor.mean().item()``.
+    """
+    if isinstance(value, float):  # also numpy.float64, a float subclass
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if callable(getattr(value, "item", None)):
+        return jsonable(value.item())
+    raise TypeError(f"report value {value!r} of type {type(value).__name__} is not JSON-able")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old file or the new one, whole.
+
+    The temp file lives in the same directory because ``os.replace`` is atomic only within one
+    filesystem; fsync before the rename, or a crash can leave the new name on empty blocks.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: a stray .tmp would sit in the run directory forever.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers as people read them
+# --------------------------------------------------------------------------------------------
+
+def flops_unit(flops: float) -> tuple[float, str]:
+    """The divisor and unit that show ``flops`` with one to three integer digits."""
+    for scale, unit in ((1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "KFLOPs")):
+        if abs(flops) >= scale:
+            return scale, unit
+    return 1.0, "FLOPs"
+
+
+def format_flops(flops: float | None, like: float | None = None) -> str:
+    """``1823572992`` → ``"1.82 GFLOPs"``, ``40960`` → ``"40.96 KFLOPs"``.
+
+    ``like``: pick the unit for this value instead, so that numbers compared side by side share
+    one unit (``"1.82 GFLOPs"`` next to ``"0.91 GFLOPs"``, not ``"911.79 MFLOPs"``).
+    """
+    if flops is None:
+        return MISSING
+    scale, unit = flops_unit(flops if like is None else like)
+    return f"{flops / scale:.2f} {unit}" if scale > 1 else f"{flops:.0f} {unit}"
+
+
+def format_params(params: float | None, like: float | None = None) -> str:
+    """``11689512`` → ``"11.69 M"``, ``4500`` → ``"4.50 K"``; ``like`` as in :func:`format_flops`."""
+    if params is None:
+        return MISSING
+    for scale, unit in ((1e6, "M"), (1e3, "K")):
+        if abs(params if like is None else like) >= scale:
+            return f"{params / scale:.2f} {unit}"
+    return f"{params:.0f}"
+
+
+def format_accuracy(accuracy: float | None) -> str:
+    """A fraction as a percentage: ``0.7231`` → ``"72.31 %"``."""
+    return MISSING if accuracy is None else f"{100 * accuracy:.2f} %"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``42.3`` → ``"42.3 s"``, ``125`` → ``"2 min 05 s"``, ``7380`` → ``"2 h 03 min"``."""
+    if seconds is None:
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def ratio(before: float | None, after: float | None) -> str:
+    """``after / before`` as ``"0.50×"``; missing when either is missing or ``before`` is 0."""
+    if before is None or after is None or before == 0:
+        return MISSING
+    return f"{after / before:.2f}×"
+
+
+def accuracy_change(before: float | None, after: float | None) -> str:
+    """The change in percentage points, signed: ``0.723 → 0.711`` is ``"-1.2 pt"``.
+
+    Points, not a relative change: "-1.2 pt" of top-1 is how the pruning papers compare.
+    """
+    if before is None or after is None:
+        return MISSING
+    return f"{100 * (after - before):+.1f} pt"
+
+
+# --------------------------------------------------------------------------------------------
+# The text table
+# --------------------------------------------------------------------------------------------
+
+def summary_table(report: dict) -> str:
+    """Before / after / change for FLOPs, parameters, accuracy and latency, then one status line.
+
+    ::
+
+        metric             before        after   change
+        FLOPs         1.82 GFLOPs  0.91 GFLOPs    0.50×
+        params            11.69 M       6.08 M    0.52×
+        accuracy          72.30 %      71.10 %  -1.2 pt
+        latency (ms)        12.40         6.20    0.50×
+        speed-up 2.00× · stop reason: target reached · total time 2 min 05 s
+
+    FLOPs, parameters and latency change by a factor (after / before), accuracy by percentage
+    points. Missing values — and NaN/inf, which ``write`` would store as null — print as "–".
+    """
+    before, after = report.get("before") or {}, report.get("after") or {}
+
+    def ms(v, like=None):
+        return MISSING if v is None else f"{v:.2f}"
+
+    def pct(v, like=None):
+        return format_accuracy(v)
+
+    rows = [("metric", "before", "after", "change")]
+    for label, key, fmt, change in (
+        ("FLOPs", "flops", format_flops, ratio),
+        ("params", "params", format_params, ratio),
+        ("accuracy", "accuracy", pct, accuracy_change),
+        ("latency (ms)", "latency_ms", ms, ratio),
+    ):
+        b, a = _known(before.get(key)), _known(after.get(key))
+        # One unit per row, the larger value's: "1.82 GFLOPs  0.91 GFLOPs" compares at a glance.
+        like = max((v for v in (b, a) if v is not None), default=None)
+        rows.append((label, fmt(b, like), fmt(a, like), change(b, a)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    # Label left-aligned, numbers right-aligned so their decimal points line up.
+    lines = [
+        "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])])
+        for r in rows
+    ]
+
+    speedup = _known(report.get("speedup"))
+    status = [f"speed-up {MISSING if speedup is None else f'{speedup:.2f}×'}",
+              f"stop reason: {report.get('stop_reason') or MISSING}"]
+    if report.get("reached") is False:
+        status[-1] += " (target not reached)"
+    total = (report.get("timings") or {}).get("total_s")
+    if total is not None:
+        status.append(f"total time {format_duration(total)}")
+    lines.append(" · ".join(status))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+def _known(value: Any) -> Any:
+    """``value``, or ``None`` for NaN/±inf: what the table shows is what report.json will hold."""
+    return value if value is None or _finite(value) else None
+
+
+def _finite(value: Any) -> bool:
+    """A number that can be plotted: not ``None``, not NaN or ±inf."""
+    return value is not None and math.isfinite(value)
+
+
+def _model_name(report: dict) -> str | None:
+    """``config["model"]`` when it is a name (it is free-form: a custom model may record a dict)."""
+    model = (report.get("config") or {}).get("model")
+    return model if isinstance(model, str) and model else None
+
+
+def _figure(width: float, height: float):
+    """A figure that never touches pyplot or a GUI backend.
+
+    ``matplotlib.figure.Figure`` is not registered with pyplot, so it is not kept alive by a
+    global figure list, needs no ``plt.close`` and works in a headless process; ``savefig``
+    picks the Agg renderer from the file extension. Imported here so that importing
+    ``fxtaylor.report`` (e.g. only to read a report) does not pay for matplotlib.
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    """Render to memory, then write atomically: ``command`` redraws *missing* plots only, so a
+    half-written PNG from an interrupted run would otherwise never be repaired."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    _atomic_write(Path(path), buf.getvalue())
+
+
+def plot_accuracy_vs_flops(report: dict, path: str | os.PathLike) -> None:
+    """Draw :func:`accuracy_vs_flops_figure` to a PNG at ``path``."""
+    _save(accuracy_vs_flops_figure(report), path)
+
+
+def accuracy_vs_flops_figure(report: dict):
+    """Accuracy against FLOPs left after each pruning step — Fig. 3 of Molchanov et al. (2017).
+
+    One marker per history step (steps without accuracy are skipped), the first and last
+    annotated, a dashed vertical line at the target (``target_flops × before.flops``). When no
+    step recorded an accuracy (a run without validation data) the loss is plotted instead, and
+    the y axis says so. FLOPs are in GFLOPs, or MFLOPs / KFLOPs for small models.
+
+    Returns the ``matplotlib.figure.Figure`` (7×4.5 in at ``DPI``), e.g. to show in a notebook.
+    """
+    history = [h for h in report.get("history") or [] if h.get("flops") is not None]
+    metric = "accuracy" if any(_finite(h.get("accuracy")) for h in history) else "loss"
+    # Non-finite values are skipped too: a diverged (NaN) loss has no place on the axis.
+    points = [(h["flops"], h[metric], h.get("step")) for h in history if _finite(h.get(metric))]
+    before_flops = (report.get("before") or {}).get("flops")
+    target = report.get("target_flops")
+    target_flops = target * before_flops if target is not None and before_flops else None
+
+    scale, unit = flops_unit(max([p[0] for p in points] + [before_flops or 0, target_flops or 0]))
+    to_y = (lambda v: 100 * v) if metric == "accuracy" else (lambda v: v)
+    fmt_y = (lambda v: f"{v:.1f} %") if metric == "accuracy" else (lambda v: f"{v:.3g}")
+
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    if points:
+        xs = [p[0] / scale for p in points]
+        ys = [to_y(p[1]) for p in points]
+        ax.plot(xs, ys, "o-", color="tab:blue", markersize=4, label=metric)
+        # Start and end are the numbers a reader looks for; the steps between show the shape.
+        ends = [(0, "start")] + ([(len(points) - 1, "final" if points[-1][2] == "final" else "end")]
+                                 if len(points) > 1 else [])
+        for i, label in ends:
+            # Pruning moves left: the start is the rightmost point, so its note goes to its left,
+            # the end's to its right — both inside the axes.
+            first = i == 0
+            ax.annotate(f"{label}: {fmt_y(ys[i])}\n{xs[i]:.3g} {unit}", (xs[i], ys[i]),
+                        xytext=(-8 if first else 8, 4 if first else -4), textcoords="offset points",
+                        ha="right" if first else "left", va="bottom" if first else "top", fontsize=8)
+        ax.margins(x=0.08, y=0.12)
+    else:
+        ax.text(0.5, 0.5, "no accuracy or loss recorded", transform=ax.transAxes, ha="center", va="center")
+    if target_flops is not None:
+        ax.axvline(target_flops / scale, linestyle="--", color="tab:red",
+                   label=f"target: {target:.0%} of FLOPs")
+    ax.set_xlabel(unit)
+    ax.set_ylabel("accuracy (%)" if metric == "accuracy" else "loss (no accuracy recorded)")
+    name = _model_name(report)
+    ax.set_title(f"{name}: {metric} vs FLOPs" if name else f"{metric} vs FLOPs")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def plot_channels(report: dict, path: str | os.PathLike) -> None:
+    """Draw :func:`channels_figure` to a PNG at ``path``."""
+    _save(channels_figure(report), path)
+
+
+def channels_figure(report: dict):
+    """Output channels of each conv/linear before and after pruning, in model order.
+
+    Overlaid bars — before light, after dark in front — since pruning only removes channels:
+    the light part of each bar is what was pruned. With more than ``MAX_TICK_LABELS`` layers only
+    every k-th name is shown; the figure widens with the layer count, from 6 to 16 in.
+
+    Returns the ``matplotlib.figure.Figure`` (4.5 in high at ``DPI``).
+    """
+    layers = report.get("layers") or []
+    n = len(layers)
+    fig = _figure(min(max(6.0, 0.2 * n + 2), 16), 4.5)
+    ax = fig.add_subplot()
+    if layers:
+        x = range(n)
+        ax.bar(x, [layer.get("before") or 0 for layer in layers], width=0.8, color="#b9d3ee", label="before")
+        ax.bar(x, [layer.get("after") or 0 for layer in layers], width=0.5, color="#1f4e79", label="after")
+        step = math.ceil(n / MAX_TICK_LABELS)
+        ticks = list(range(0, n, step))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(layers[i].get("name", i)) for i in ticks], rotation=90, fontsize=7)
+        ax.set_xlim(-0.6, n - 0.4)
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no layers recorded", transform=ax.transAxes, ha="center", va="center")
+    shown = math.ceil(n / MAX_TICK_LABELS) if n else 1
+    ax.set_xlabel("layer" if shown == 1 else f"layer (one name in {shown} shown)")
+    ax.set_ylabel("output channels")
+    name = _model_name(report)
+    ax.set_title(f"{name}: channels per layer" if name else "channels per layer")
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# fxtaylor report RUN_DIR
+# --------------------------------------------------------------------------------------------
+
+def command(run_dir: str | os.PathLike) -> int:
+    """``fxtaylor report RUN_DIR``: print the summary, redraw missing plots, list the files."""
+    run_dir = Path(run_dir)
+    report = read(run_dir)
+    print(summary_table(report))
+    missing = [name for name, file in PLOT_FILES.items() if not (run_dir / file).is_file()]
+    write_plots(run_dir, report, only=missing)
+    print()
+    print(f"report             {run_dir / REPORT_FILE}")
+    for name, file in PLOT_FILES.items():
+        print(f"{name:<18} {run_dir / file}{'  (redrawn)' if name in missing else ''}")
+    return 0
