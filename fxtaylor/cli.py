@@ -1,51 +1,179 @@
 """The ``fxtaylor`` command.
 
-``fxtaylor inspect --model NAME`` prints the channel groups of a torchvision model: what is tied,
-how many channels each group has, and what is prunable or frozen (and why).
+``fxtaylor prune``                 prune the embedded default (ResNet-18 on bundled digits) to 50 % FLOPs
+``fxtaylor prune --data DIR ...``  prune your model on your ImageFolder data
+``fxtaylor inspect --model NAME``  channel groups, per-channel FLOPs, what is prunable and why not
+``fxtaylor report RUN_DIR``        the summary table of a finished run, plots redrawn if missing
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 
 from .errors import FxTaylorError
-from .graph import trace
-from .graph.atoms import PRODUCER
+
+RUN_ARGS = "args.json"  # the settings of a run, reused by --resume
 
 
-def _build_model(name: str) -> torch.nn.Module:
-    import torchvision
+def _fraction(text: str) -> float:
+    v = float(text)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
+    return v
 
-    try:
-        return torchvision.models.get_model(name, weights=None)
-    except ValueError:
-        known = ", ".join(torchvision.models.list_models(module=torchvision.models)[:8])
-        raise FxTaylorError(f"unknown model {name!r}; torchvision classification models include {known}, ...") from None
+
+def _non_negative(text: str) -> float:
+    v = float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .pruner import DEFAULT_FLOPS_REG
+
+    parser = argparse.ArgumentParser(prog="fxtaylor", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:]))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model to a FLOPs target (no arguments: the offline default)")
+    p.add_argument("--model", default="resnet18", help="torchvision (or timm) classification model name [resnet18]")
+    p.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a state dict file, or a model saved by fxtaylor")
+    p.add_argument("--data", help="ImageFolder directory with train/<class>/ and val/<class>/ [bundled digits]")
+    p.add_argument("--target-flops", type=_fraction, default=0.5, help="fraction of the FLOPs to keep [0.5]")
+    p.add_argument("--flops-reg", type=_non_negative, default=DEFAULT_FLOPS_REG, help=f"λ, FLOPs regularisation [{DEFAULT_FLOPS_REG}]")
+    p.add_argument("--updates-between-prunes", type=_positive_int, help="minibatch updates observed per pruning step [30; 10 on digits]")
+    p.add_argument("--maps-per-prune", type=_positive_int, help="maps removed per step [1 %% of the prunable maps]")
+    p.add_argument("--lr", type=_non_negative, help="SGD learning rate while pruning [1e-4 (paper); 1e-3 on digits]")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="[32, as the paper]")
+    p.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning before pruning [0; 8 on digits, cached]")
+    p.add_argument("--finetune-lr", type=_non_negative, default=0.05, help="peak one-cycle learning rate of that fine-tuning [0.05]")
+    p.add_argument("--final-updates", type=int, default=0, help="fine-tuning updates after the last pruning step [0]")
+    p.add_argument("--min-accuracy", type=float, help="stop before validation accuracy falls below this fraction")
+    p.add_argument("--input-size", type=int, help="image side [32 on digits, 224 otherwise]")
+    p.add_argument("--workers", type=int, help="data-loading processes for --data [min(4, cores)]")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="[cuda if available, else cpu]")
+    p.add_argument("--seed", type=int, default=0, help="[0]")
+    p.add_argument("--out", help="run directory [runs/<model>-<date>-<time>]")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out with its saved settings")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=prune)
+
+    p = sub.add_parser("inspect", help="show the channel groups of a model")
+    p.add_argument("--model", default="resnet18", help="torchvision (or timm) classification model name")
+    p.add_argument("--input-size", type=int, default=224, help="side of the example image")
+    p.set_defaults(func=inspect)
+
+    p = sub.add_parser("report", help="summary and plots of a finished run")
+    p.add_argument("run_dir", help="the run directory (holds report.json)")
+    p.set_defaults(func=lambda a: _report().command(a.run_dir))
+    return parser
+
+
+def _report():
+    from . import report
+
+    return report
+
+
+def prune(args: argparse.Namespace) -> int:
+    from . import job
+    from .pruner import prune as run_prune
+    from .pruner.state import seed_everything
+
+    out = _run_dir(args)
+    on_digits = args.data is None
+    if args.updates_between_prunes is None:
+        args.updates_between_prunes = 10 if on_digits else 30
+    if args.lr is None:
+        args.lr = 1e-3 if on_digits else 1e-4
+    seed_everything(args.seed)
+    work = job.build(args)  # bad model names and data folders fail here, before anything is written
+    if not args.resume:
+        _start(out, args)
+    print(f"fxtaylor: {args.model} on {work.description}", file=sys.stderr)
+    opt = torch.optim.SGD(work.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    result = run_prune(
+        work.model, work.train, target_flops=args.target_flops, optimizer=opt, val_loader=work.val,
+        updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
+        flops_reg=args.flops_reg, min_accuracy=args.min_accuracy, final_updates=args.final_updates,
+        checkpoint_dir=out, resume=args.resume, seed=args.seed, arch=work.arch, progress=args.progress,
+    )
+    result.save(out / "model.pt")
+    rep = result.report(model_file="model.pt")
+    rep["config"].update(data=work.description, lr=args.lr, batch_size=args.batch_size, command=sys.argv[1:])
+    rep["timings"]["finetune_s"] = work.finetune_s
+    files = _report().write(out, rep)
+    print(_report().summary_table(rep))
+    print(f"\nrun directory {out}: " + ", ".join(p.name for p in [out / "model.pt", *files.values()]))
+    return 0
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    """The run directory; on --resume, the run's saved settings replace the given ones."""
+    if args.resume:
+        if args.out is None:
+            raise FxTaylorError("--resume needs --out RUN_DIR (the directory of the interrupted run)")
+        out = Path(args.out)
+        saved = out / RUN_ARGS
+        if not saved.is_file():
+            raise FxTaylorError(f"nothing to resume in {out}: no {RUN_ARGS} (was it started by fxtaylor prune?)")
+        keep = {"device": args.device, "progress": args.progress}
+        vars(args).update(json.loads(saved.read_text()), resume=True, out=str(out), **keep)
+        return out
+    out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if (out / "checkpoint.pt").exists() or (out / "report.json").exists():
+        raise FxTaylorError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+    return out
+
+
+def _start(out: Path, args: argparse.Namespace) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "out", "device", "progress")}
+    (out / RUN_ARGS).write_text(json.dumps(settings, indent=2))
 
 
 def inspect(args: argparse.Namespace) -> int:
-    model = _build_model(args.model).eval()
+    from . import flops, models
+    from .graph import trace
+    from .graph.atoms import PRODUCER
+
+    model = models.build_named(args.model)[0].eval()
     x = torch.randn(1, 3, args.input_size, args.input_size)
     graph = trace(model, x)
+    total, own = flops.count(model, x)
+    cost = flops.unit_costs(graph, own)
     rows = []
     for g in graph.groups:
         producers = [m.name for m in g.members if m.kind == PRODUCER]
         state = "prunable" if g.prunable else ("frozen: " + g.frozen[0] if g.frozen else "at minimum")
         shown = ", ".join(producers[:3]) + (f" (+{len(producers) - 3})" if len(producers) > 3 else "")
-        rows.append((str(g.index), str(g.size), str(g.width), str(len(g.members)), shown, state))
-    head = ("group", "channels", "width", "members", "producers", "state")
+        per = float(cost[g.units].mean()) / total if g.size else 0.0
+        rows.append((str(g.index), str(g.size), str(g.width), f"{per:.3%}", str(len(g.members)), shown, state))
+    head = ("group", "channels", "width", "FLOPs/ch", "members", "producers", "state")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    fmt = "  ".join(f"{{:{'>' if i < 4 else '<'}{w if i < len(widths) - 1 else ''}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:{'>' if i < 5 else '<'}{w if i < len(widths) - 1 else ''}}}" for i, w in enumerate(widths))
     print(fmt.format(*head))
     for r in rows:
         print(fmt.format(*r))
     prunable = graph.prunable_groups
     print(
         f"\n{args.model}: {len(graph.groups)} groups, {len(prunable)} prunable with "
-        f"{sum(g.num_prunable for g in prunable)} removable channels"
+        f"{sum(g.num_prunable for g in prunable)} removable channels; {total / 1e9:.3f} GFLOPs at "
+        f"{args.input_size}×{args.input_size} (FLOPs/ch: share of them one channel of the group costs)"
     )
     return 0
 
@@ -53,18 +181,15 @@ def inspect(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     # torchvision's model code still calls torch.jit.script; torch 2.14 deprecates it loudly
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
-    parser = argparse.ArgumentParser(prog="fxtaylor", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="show the channel groups of a model")
-    p.add_argument("--model", default="resnet18", help="torchvision classification model name")
-    p.add_argument("--input-size", type=int, default=224, help="side of the example image")
-    p.set_defaults(func=inspect)
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         return args.func(args)
     except FxTaylorError as e:
         print(f"fxtaylor: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nfxtaylor: interrupted; `fxtaylor prune --resume --out RUN_DIR` continues a pruning run", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -23,3 +23,31 @@ def digits(split: str = "train", *, size: int = 8, channels: int = 1, test_fract
     n_test = int(round(len(y) * test_fraction))
     idx = {"test": order[:n_test], "train": order[n_test:], "all": order}[split]
     return TensorDataset(x[idx], y[idx])
+
+
+def image_folder(root: str, split: str, size: int, train: bool, normalize: tuple | None = None):
+    """``root/split`` as a torchvision ImageFolder: one sub-folder per class. Training images
+    get a random resized crop and flip, evaluation images a resize and center crop; then the
+    weights' normalisation (ImageNet statistics by default)."""
+    from pathlib import Path
+
+    from torchvision import datasets, transforms
+
+    from .errors import FxTaylorError
+
+    path = Path(root) / split
+    if not path.is_dir():
+        raise FxTaylorError(f"--data {root}: no {split}/ folder (expected {root}/train/<class>/... and {root}/val/<class>/...)")
+    classes = [d for d in path.iterdir() if d.is_dir()]
+    if not classes:
+        raise FxTaylorError(f"--data {root}: {path} has no class sub-folders (expected {path}/<class>/<image>)")
+    mean, std = normalize or ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    if train:
+        t = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
+    else:
+        t = [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size)]
+    tf = transforms.Compose(t + [transforms.ToTensor(), transforms.Normalize(mean, std)])
+    try:
+        return datasets.ImageFolder(str(path), transform=tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise FxTaylorError(f"--data {root}: {str(e).splitlines()[0]}") from None

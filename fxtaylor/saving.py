@@ -75,11 +75,16 @@ def load(path: str | os.PathLike, base: nn.Module | None = None, map_location: A
     ``base``: for a model pruned from a custom architecture, the unpruned model (it is copied,
     not modified). Torchvision and timm architectures are rebuilt by name.
     """
+    return load_with_arch(path, base, map_location)[0]
+
+
+def load_with_arch(path: str | os.PathLike, base: nn.Module | None = None, map_location: Any = "cpu") -> tuple[nn.Module, dict]:
+    """:func:`load`, also returning the model's arch record (to prune it again)."""
     obj = safe_load(path, "model file", map_location)
     if obj.get("format") != MODEL_FORMAT:
         raise FxTaylorError(f"{path} is not an fxtaylor model file (format {obj.get('format')!r})")
     model = models.build(obj["arch"], copy.deepcopy(base) if base is not None else None)
-    return load_state(model, obj["state_dict"], path)
+    return load_state(model, obj["state_dict"], path), obj["arch"]
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Any) -> nn.Module:

@@ -6,10 +6,107 @@ def test_inspect_lists_groups(capsys):
     assert main(["inspect", "--model", "resnet18", "--input-size", "64"]) == 0
     out = capsys.readouterr().out
     assert "layer1.0.conv1" in out and "frozen: reaches the model output" in out
-    assert out.strip().endswith("resnet18: 13 groups, 12 prunable with 2868 removable channels")
+    assert "resnet18: 13 groups, 12 prunable with 2868 removable channels; 0.149 GFLOPs at 64×64" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:14]}
+    share = {g: float(r[3].rstrip("%")) for g, r in rows.items()}
+    assert share["0"] > share["1"] > 0 and share["12"] == 0  # the stem group costs most; fc is frozen
 
 
 def test_unknown_model_is_a_one_line_error(capsys):
     assert main(["inspect", "--model", "resnet19"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fxtaylor: error: unknown model 'resnet19'") and err.count("\n") == 1
+
+
+# -- fxtaylor prune / report ---------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import fxtaylor  # noqa: E402
+
+QUICK = ["--target-flops", "0.8", "--maps-per-prune", "150", "--updates-between-prunes", "2", "--no-progress"]
+
+
+def _image_folder(root, classes=("a", "b", "c"), per_class=4, splits=("train", "val")):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split in splits:
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_prune_on_an_image_folder_writes_a_complete_run(tmp_path, capsys):
+    data = _image_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["prune", "--data", str(data), "--model", "resnet18", "--input-size", "32", "--batch-size", "4",
+                 "--workers", "0", "--out", str(out), *QUICK]) == 0
+    printed = capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"model.pt", "report.json", "accuracy_vs_flops.png", "channels.png", "checkpoint.pt", "args.json"} <= names
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["reached"] and 0.8 * 0.99 <= rep["after"]["flops"] / rep["before"]["flops"] <= 0.8
+    assert rep["config"]["model"] == "resnet18" and rep["environment"]["torch"] == torch.__version__
+    assert rep["before"]["accuracy"] is not None and rep["after"]["latency_ms"] > 0
+    assert f"{rep['after']['flops'] / rep['before']['flops']:.2f}×" in printed
+    model = fxtaylor.load(out / "model.pt")  # rebuilt by name, weights only
+    assert fxtaylor.flops.count(model, torch.zeros(1, 3, 32, 32))[0] == rep["after"]["flops"]
+    assert model.fc.out_features == 3
+    # fxtaylor report prints the same table
+    assert main(["report", str(out)]) == 0
+    assert "speed-up" in capsys.readouterr().out
+    # the run directory is not overwritten by accident
+    assert main(["prune", "--data", str(data), "--out", str(out), *QUICK]) == 2
+    assert "already holds a run: pass --resume" in capsys.readouterr().err
+
+
+def test_embedded_default_trains_once_then_uses_the_cache(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FXTAYLOR_CACHE", str(tmp_path / "cache"))
+    args = ["prune", "--finetune-epochs", "1", *QUICK]
+    assert main([*args, "--out", str(tmp_path / "r1")]) == 0
+    first = capsys.readouterr()
+    assert "digits (scikit-learn, 1348 train / 449 test, 32×32); trained 1 epochs" in first.err
+    assert len(list((tmp_path / "cache").glob("digits32-resnet18-e1-*.pt"))) == 1
+    assert main([*args, "--out", str(tmp_path / "r2")]) == 0
+    assert "trained model from cache" in capsys.readouterr().err
+    r1, r2 = (json.loads((tmp_path / r / "report.json").read_text()) for r in ("r1", "r2"))
+    assert r1["before"]["accuracy"] == r2["before"]["accuracy"]  # the same trained model
+    assert [h["flops"] for h in r1["history"]] == [h["flops"] for h in r2["history"]]  # same seed, same run
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prune", "--model", "resnet19"], "fxtaylor: error: unknown model 'resnet19'"),
+    (["prune", "--data", "{data}"], "has no class sub-folders"),
+    (["prune", "--data", "{missing}"], "no train/ folder"),
+    (["prune", "--resume", "--out", "{empty}"], "nothing to resume in"),
+    (["prune", "--resume"], "--resume needs --out RUN_DIR"),
+    (["report", "{empty}"], "report.json"),
+])
+def test_prune_bad_input_is_a_one_line_error(tmp_path, capsys, argv, message):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "val").mkdir()
+    (tmp_path / "empty").mkdir()
+    paths = {"data": str(tmp_path / "data"), "missing": str(tmp_path / "nope"), "empty": str(tmp_path / "empty")}
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    argv = [a.format(**paths) for a in argv]
+    if argv[0] == "prune" and "--out" not in argv and "--resume" not in argv:
+        argv += ["--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("fxtaylor: error:") and err.count("\n") == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("flag, value", [("--target-flops", "1.5"), ("--target-flops", "0"), ("--flops-reg", "-0.1")])
+def test_out_of_range_numbers_are_refused_by_the_parser(capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(["prune", flag, value])
+    assert e.value.code == 2
+    assert "must be" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from ..graph import trace
 from ..importance import TaylorImportance
 from . import measure, state
 from .result import PruneResult
-from .select import max_saving, select
+from .select import min_flops, select
 
 DEFAULT_FLOPS_REG = 0.0
 """λ when none is given. The paper's 1e-3 is in its own (unstated) FLOPs units; ours are
@@ -80,7 +80,8 @@ def prune(
     Accuracy: ``val_loader`` (top-1) or ``evaluate(model) -> float``, every ``eval_every``
     steps; with ``min_accuracy`` a step whose pruned model falls below it is undone and the run
     stops. ``checkpoint_dir`` gets the run state after every step; ``resume=True`` continues
-    from it (pass the same unpruned model, loaders and settings). ``arch`` is the model's arch
+    from it (pass the same unpruned model, loaders and settings). ``seed`` seeds torch, random,
+    numpy and the train loader's own generator if it has one. ``arch`` is the model's arch
     record (:mod:`fxtaylor.models`) so the result can be loaded by name; custom models are
     loaded with ``fxtaylor.load(path, base=unpruned_model)``.
     """
@@ -89,6 +90,8 @@ def prune(
     ckpt = _read_checkpoint(checkpoint_dir) if resume else None
     if seed is not None:
         state.seed_everything(seed)
+        if isinstance(getattr(train_loader, "generator", None), torch.Generator):
+            train_loader.generator.manual_seed(seed)  # it shuffles, not the global RNG
     example = _first_batch(train_loader)[0][:1].to(measure.device_of(model))
     run = _Run(model, train_loader, example, locals())
     return run.execute(ckpt)
@@ -221,14 +224,15 @@ class _Run:
     def _check_reachable(self) -> None:
         groups = self.imp.graph.prunable_groups
         if not groups:
-            reasons = sorted({r for g in self.imp.graph.groups for r in g.frozen})
-            raise FxTaylorError("nothing to prune: every channel group is frozen or at its minimum" + (f" ({reasons[0]}; ...)" if reasons else ""))
+            reasons = list(dict.fromkeys(g.frozen[0] for g in self.imp.graph.groups if g.frozen))
+            raise FxTaylorError("nothing to prune: every channel group is frozen or at its minimum"
+                                + (f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" if reasons else ""))
         total = self.imp.total_flops()
-        floor = total - max_saving(self.imp)
-        if floor > self.a["target_flops"] * total:
+        least = min_flops(self.imp, self.example, **self.trace_kwargs)
+        if least > self.a["target_flops"] * total:
             raise FxTaylorError(
                 f"target_flops={self.a['target_flops']} cannot be reached: pruning every prunable channel "
-                f"leaves at least {floor / total:.1%} of the FLOPs (the rest is in frozen groups or unprunable layers)"
+                f"leaves {least / total:.2%} of the FLOPs (the rest is in frozen groups or layers that are not pruned)"
             )
 
     def _restore_model(self, ckpt: dict) -> Any:
@@ -263,11 +267,11 @@ class _Run:
         a, F0 = self.a, self.before["flops"]
         bar = tqdm(total=round(100 * (1 - a["target_flops"]), 1), desc="pruning", unit="% FLOPs",
                    disable=not a["progress"], bar_format="{l_bar}{bar}| {n:.1f}/{total} {unit} [{elapsed}{postfix}]")
-        bar.update(round(100 * (1 - self.imp.total_flops() / F0), 1))
+        bar.n = min(round(100 * (1 - self.imp.total_flops() / F0), 1), bar.total)
+        bar.refresh()
         try:
             while True:
-                flops = self.imp.total_flops()
-                if flops <= self.target:
+                if self.imp.total_flops() <= self.target:
                     return True, "target reached"
                 step = len(self.history)
                 loss = self._updates(a["updates_between_prunes"], step, observe=True)
@@ -288,7 +292,7 @@ class _Run:
                     return False, f"accuracy floor: step {step} gave {acc:.2%} < {a['min_accuracy']:.2%}"
                 self.history.append(rec)
                 self._checkpoint()
-                bar.update(round(100 * (flops - new_flops) / F0, 1))
+                bar.n = min(round(100 * (1 - new_flops / F0), 1), bar.total)
                 bar.set_postfix_str(f"step {step}, FLOPs {new_flops / F0:.1%}" + (f", acc {acc:.2%}" if acc is not None else ""))
                 if a["on_step"] is not None:
                     a["on_step"](rec)
@@ -307,7 +311,7 @@ class _Run:
             for u in bar:
                 x, y = self.batches.next()[:2]
                 loss = self.loss_fn(self.model(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True))
-                value = float(loss)
+                value = loss.detach().item()
                 if not math.isfinite(value):
                     where = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path and self.ckpt_path.exists() else "no checkpoint was written"
                     raise FxTaylorError(f"the loss became {value} at step {step}, update {u + 1}; stopped ({where})")
@@ -323,10 +327,10 @@ class _Run:
         a, removed = self.a, 0
         floor = self.target * (1 - a["tolerance"])
         for _ in range(8):
-            flops = self.imp.total_flops()
-            cuts = select(self.imp, self.k - removed, flops, self.target, floor)
-            if not cuts and removed == 0 and flops > self.target * (1 + a["tolerance"]):
-                cuts = select(self.imp, 1, flops, self.target, -math.inf)  # nothing fits the band: best effort
+            now = self.imp.total_flops()
+            cuts = select(self.imp, self.k - removed, now, self.target, floor)
+            if not cuts and removed == 0 and now > self.target * (1 + a["tolerance"]):
+                cuts = select(self.imp, 1, now, self.target, -math.inf)  # nothing fits the band: best effort
             if not cuts:
                 break
             for c in cuts:

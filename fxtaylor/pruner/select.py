@@ -14,11 +14,13 @@ over-predicts FLOPs and the loop re-counts with fvcore after every cut.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 
-from ..graph import ChannelGroup
+from .. import flops
+from ..graph import ChannelGroup, trace
 from ..importance.base import GraphImportance
 
 
@@ -59,12 +61,13 @@ def select(imp: GraphImportance, k: int, flops_now: float, target: float, floor:
     return [Cut(g, torch.tensor(sorted(p), dtype=torch.long), s) for g, p, s in zip(groups, picked, saved) if p]
 
 
-def max_saving(imp: GraphImportance) -> float:
-    """An upper bound of the FLOPs pruning can remove: every group cut to its ``min_keep``
-    cheapest units. A target below ``total − max_saving`` cannot be reached."""
+def min_flops(imp: GraphImportance, example_inputs, **trace_kwargs) -> int:
+    """The FLOPs of the smallest model pruning can reach: a copy with every prunable group cut
+    to its ``min_keep`` cheapest units, counted by fvcore. A lower target cannot be reached."""
+    model = copy.deepcopy(imp.model)
+    graph = trace(model, example_inputs, **trace_kwargs)
     cost = imp.unit_costs()
-    total = 0.0
-    for g in imp.graph.prunable_groups:
-        c = torch.sort(cost[g.units]).values
-        total += float(c[g.min_keep:].sum())
-    return total
+    for g in graph.prunable_groups:
+        order = torch.argsort(cost[g.units], stable=True)
+        graph.prune(g, order[g.min_keep:])
+    return flops.count(model, example_inputs)[0]

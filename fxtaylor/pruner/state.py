@@ -64,7 +64,7 @@ class Batches:
     def next(self) -> Any:
         for _ in range(2):
             if self._it is None:
-                self._epoch_rng = rng_state()
+                self._epoch_rng = self._rng()
                 self._it = iter(self.loader)
             try:
                 batch = next(self._it)
@@ -75,6 +75,16 @@ class Batches:
             self.index += 1
             return batch
         raise RuntimeError("the training loader became empty")  # checked non-empty up front
+
+    def _generator(self) -> torch.Generator | None:
+        """A DataLoader given ``generator=`` shuffles with it, not with the global RNG."""
+        return getattr(self.loader, "generator", None)
+
+    def _rng(self) -> dict:
+        rng = rng_state()
+        if self._generator() is not None:
+            rng["loader"] = self._generator().get_state()
+        return rng
 
     def position(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "epoch_rng": self._epoch_rng}
@@ -87,6 +97,8 @@ class Batches:
         if position["epoch_rng"] is None:
             return
         set_rng_state(position["epoch_rng"])
+        if "loader" in position["epoch_rng"]:
+            self._generator().set_state(position["epoch_rng"]["loader"])
         self._epoch_rng = position["epoch_rng"]
         self._it = iter(self.loader)
         for _ in range(position["index"]):

@@ -1,0 +1,155 @@
+"""What ``fxtaylor prune`` prunes: a model, its weights, its data, fine-tuned if asked.
+
+Two workloads:
+
+- the embedded default (no ``--data``): scikit-learn's bundled handwritten digits (real 8×8
+  scans, upsampled to 32×32 RGB), a torchvision ResNet-18 trained on them. Pretrained weights
+  cannot be downloaded offline, so "fine-tuning" here is training from scratch, once: the
+  result is cached (``$FXTAYLOR_CACHE`` or ``~/.cache/fxtaylor``), so later runs start pruning.
+- ``--data DIR``: an ImageFolder tree ``DIR/train/<class>/*`` and ``DIR/val/<class>/*``, with
+  ``--weights`` (a torchvision weights name such as ``DEFAULT``/``IMAGENET1K_V1``, a local
+  state dict, or a model saved by fxtaylor) and optionally ``--finetune-epochs``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from . import datasets, models, saving
+from .errors import FxTaylorError
+
+
+@dataclass
+class Job:
+    model: nn.Module
+    arch: dict
+    train: DataLoader
+    val: DataLoader
+    description: str
+    finetune_s: float = 0.0
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FXTAYLOR_CACHE") or Path.home() / ".cache" / "fxtaylor")
+
+
+def build(args) -> Job:
+    """The job the command-line settings describe (model on ``args.device``)."""
+    if args.data is None:
+        return _digits(args)
+    return _folder(args)
+
+
+def _digits(args) -> Job:
+    size = args.input_size or 32
+    g = torch.Generator().manual_seed(args.seed)
+    train = DataLoader(datasets.digits("train", size=size, channels=3), batch_size=args.batch_size, shuffle=True, generator=g)
+    val = DataLoader(datasets.digits("test", size=size, channels=3), batch_size=256)
+    desc = f"digits (scikit-learn, {len(train.dataset)} train / {len(val.dataset)} test, {size}×{size})"
+    epochs = 8 if args.finetune_epochs is None else args.finetune_epochs
+    key = f"digits{size}-{args.model}-e{epochs}-b{args.batch_size}-s{args.seed}-torch{torch.__version__.split('+')[0]}.pt"
+    cached = cache_dir() / key
+    if args.weights is None and cached.is_file():
+        model, arch = saving.load_with_arch(cached)
+        return Job(model.to(args.device), arch, train, val, desc + f"; trained model from cache {cached}")
+    model, arch = models.build_named(args.model, num_classes=10)
+    model, arch = _with_weights(model, arch, args.weights)
+    model.to(args.device)
+    t = time.perf_counter()
+    finetune(model, train, epochs, args.finetune_lr, args.progress, "train on digits")
+    spent = time.perf_counter() - t
+    if args.weights is None:
+        saving.save(model, cached, arch)
+    return Job(model, arch, train, val, desc + f"; trained {epochs} epochs in {spent:.0f} s", spent)
+
+
+def _folder(args) -> Job:
+    size = args.input_size or 224
+    train_set = datasets.image_folder(args.data, "train", size, train=True)
+    val_set = datasets.image_folder(args.data, "val", size, train=False)
+    if train_set.classes != val_set.classes:
+        raise FxTaylorError(f"--data {args.data}: train/ and val/ have different class folders")
+    g = torch.Generator().manual_seed(args.seed)
+    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
+    kw = {"num_workers": workers, "pin_memory": args.device.startswith("cuda"), "persistent_workers": workers > 0}
+    train = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=g, drop_last=True, **kw)
+    val = DataLoader(val_set, batch_size=args.batch_size * 2, **kw)
+    model, arch = models.build_named(args.model, num_classes=len(train_set.classes))
+    model, arch = _with_weights(model, arch, args.weights)
+    model.to(args.device)
+    desc = f"{args.data} ({len(train_set.classes)} classes, {len(train_set)} train / {len(val_set)} val, {size}×{size})"
+    spent = 0.0
+    if args.finetune_epochs:
+        t = time.perf_counter()
+        finetune(model, train, args.finetune_epochs, args.finetune_lr, args.progress, "fine-tune")
+        spent = time.perf_counter() - t
+        desc += f"; fine-tuned {args.finetune_epochs} epochs"
+    return Job(model, arch, train, val, desc, spent)
+
+
+def _with_weights(model: nn.Module, arch: dict, weights: str | None) -> tuple[nn.Module, dict]:
+    """Load ``weights`` into ``model``: an fxtaylor model file replaces it (pruned models can be
+    pruned again), a state dict or a torchvision weights name fills it, skipping tensors whose
+    shape differs (the classifier, for another number of classes)."""
+    if weights is None:
+        return model, arch
+    path = Path(weights)
+    if path.is_file():
+        obj = saving.safe_load(path, "weights file")
+        if obj.get("format") == saving.MODEL_FORMAT:
+            return saving.load_with_arch(path)
+        state = obj.get("state_dict", obj.get("model", obj))
+    elif arch["kind"] == "torchvision":
+        import torchvision
+
+        try:
+            enum = torchvision.models.get_model_weights(arch["name"])
+            w = enum.DEFAULT if weights == "DEFAULT" else enum[weights.rpartition(".")[2]]
+        except (KeyError, ValueError):
+            raise FxTaylorError(f"--weights {weights}: neither a file nor a torchvision weights name for {arch['name']}") from None
+        state = w.get_state_dict(progress=True)
+    else:
+        raise FxTaylorError(f"--weights {weights}: no such file")
+    skipped = load_matching(model, state)
+    if skipped:
+        print(f"fxtaylor: not loaded (shape differs, trained from scratch): {', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''}")
+    return model, arch
+
+
+def load_matching(model: nn.Module, state: dict) -> list[str]:
+    """Load the tensors of ``state`` whose name and shape match; the names skipped."""
+    own = model.state_dict()
+    if not isinstance(state, dict) or not any(k in own for k in state):
+        raise FxTaylorError("the weights do not belong to this architecture (no parameter name matches)")
+    ok = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(ok, strict=False)
+    return sorted(set(own) - set(ok))
+
+
+def finetune(model: nn.Module, loader: DataLoader, epochs: int, lr: float, progress: bool, desc: str) -> None:
+    """SGD (momentum 0.9, wd 5e-4) with a one-cycle learning rate peaking at ``lr``: converges
+    in a few epochs from scratch or from pretrained weights."""
+    if epochs <= 0:
+        return
+    device = next(model.parameters()).device
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    with tqdm(total=epochs * len(loader), desc=desc, unit="batch", disable=not progress) as bar:
+        for _ in range(epochs):
+            for x, y in loader:
+                loss = loss_fn(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
