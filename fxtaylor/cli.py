@@ -11,6 +11,7 @@ import argparse
 import datetime
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def prune(args: argparse.Namespace) -> int:
     from .pruner import prune as run_prune
     from .pruner.state import seed_everything
 
+    t0 = time.perf_counter()
     out = _run_dir(args)
     on_digits = args.data is None
     if args.updates_between_prunes is None:
@@ -115,7 +117,7 @@ def prune(args: argparse.Namespace) -> int:
     result.save(out / "model.pt")
     rep = result.report(model_file="model.pt")
     rep["config"].update(data=work.description, lr=args.lr, batch_size=args.batch_size, command=sys.argv[1:])
-    rep["timings"]["finetune_s"] = work.finetune_s
+    rep["timings"].update(finetune_s=work.finetune_s, total_s=time.perf_counter() - t0)  # the whole command
     files = _report().write(out, rep)
     print(_report().summary_table(rep))
     print(f"\nrun directory {out}: " + ", ".join(p.name for p in [out / "model.pt", *files.values()]))

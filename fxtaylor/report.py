@@ -37,11 +37,11 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import FxTaylorError
+from .files import atomic_write
 
 REPORT_FILE = "report.json"
 # Plot name → file name. The names are the keys write() returns and command() prints.
@@ -71,7 +71,7 @@ def write(run_dir: str | os.PathLike, report: dict) -> dict[str, Path]:
     # allow_nan=False: jsonable() already turned NaN/inf into None; if one slipped through we
     # want an error here, not a bare NaN that strict JSON readers (jq, JavaScript) reject.
     text = json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n"
-    _atomic_write(paths["report"], text.encode("utf-8"))
+    atomic_write(paths["report"], text.encode("utf-8"))
     paths.update(write_plots(run_dir, report))
     return paths
 
@@ -136,43 +136,6 @@ def jsonable(value: Any) -> Any:
     if callable(getattr(value, "item", None)):
         return jsonable(value.item())
     raise TypeError(f"report value {value!r} of type {type(value).__name__} is not JSON-able")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old file or the new one, whole.
-
-    The temp file lives in the same directory because ``os.replace`` is atomic only within one
-    filesystem; fsync before the rename, or a crash can leave the new name on empty blocks.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: a stray .tmp would sit in the run directory forever.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +302,7 @@ def _save(fig, path: str | os.PathLike) -> None:
     half-written PNG from an interrupted run would otherwise never be repaired."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
-    _atomic_write(Path(path), buf.getvalue())
+    atomic_write(Path(path), buf.getvalue())
 
 
 def plot_accuracy_vs_flops(report: dict, path: str | os.PathLike) -> None:

@@ -9,9 +9,9 @@ state dict, not a pickled module.
 from __future__ import annotations
 
 import copy
+import io
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,24 +21,19 @@ import torch.nn as nn
 
 from . import models
 from .errors import FxTaylorError
+from .files import atomic_write
 
 MODEL_FORMAT = "fxtaylor.model/1"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary sibling, fsync, rename over ``path``."""
+    """``torch.save`` to memory, then :func:`fxtaylor.files.atomic_write` (temporary sibling,
+    fsync, rename over ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getbuffer())
 
 
 def safe_load(path: str | os.PathLike, what: str = "file", map_location: Any = "cpu") -> dict:

@@ -110,3 +110,29 @@ def test_out_of_range_numbers_are_refused_by_the_parser(capsys, flag, value):
         main(["prune", flag, value])
     assert e.value.code == 2
     assert "must be" in capsys.readouterr().err
+
+
+def test_resume_continues_an_interrupted_command(tmp_path, capsys, monkeypatch):
+    data = _image_folder(tmp_path / "data")
+    common = ["--data", str(data), "--input-size", "32", "--batch-size", "4", "--workers", "0", *QUICK, "--maps-per-prune", "40"]
+    assert main(["prune", *common, "--out", str(tmp_path / "full")]) == 0
+    from fxtaylor.pruner import loop
+
+    real = loop._Run._checkpoint
+
+    def killed_after_step_2(self):
+        real(self)
+        if len(self.history) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop._Run, "_checkpoint", killed_after_step_2)
+    assert main(["prune", *common, "--out", str(tmp_path / "cut")]) == 130
+    assert "--resume --out RUN_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "cut" / "report.json").exists()
+    monkeypatch.setattr(loop._Run, "_checkpoint", real)
+    assert main(["prune", "--resume", "--out", str(tmp_path / "cut"), "--no-progress"]) == 0
+    full, cut = (json.loads((tmp_path / r / "report.json").read_text()) for r in ("full", "cut"))
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
+    assert len(full["history"]) > 4 and strip(full["history"]) == strip(cut["history"])
+    a, b = fxtaylor.load(tmp_path / "full" / "model.pt"), fxtaylor.load(tmp_path / "cut" / "model.pt")
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
