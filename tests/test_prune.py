@@ -352,3 +352,18 @@ def test_model_is_left_alone_when_tracing_fails():
         fxtaylor.prune(model, loaders()[0], **FAST)
     _unchanged(model, before)
 
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prune_and_resume_on_cuda(tmp_path):
+    """Everything follows the model's device: batches, criterion, optimizer state, checkpoint."""
+    model = fresh().cuda()
+    r = fxtaylor.prune(model, loaders()[0], optimizer=sgd(model), val_loader=loaders()[1],
+                       checkpoint_dir=tmp_path, on_step=_stop_at(10**6), **{**FAST, "measure_latency": True})
+    assert r.reached and next(r.model.parameters()).is_cuda and r.speedup > 0
+    with pytest.raises(Stop):
+        fxtaylor.prune(fresh().cuda(), loaders()[0], checkpoint_dir=tmp_path / "b", on_step=_stop_at(2), **FAST)
+    resumed = fxtaylor.prune(fresh().cuda(), loaders()[0], checkpoint_dir=tmp_path / "b", resume=True, **FAST)
+    assert resumed.reached and [h["step"] for h in resumed.history[:3]] == [0, 1, 2]
+    assert len(resumed.arch["removed_units"]) > 2 * FAST["maps_per_prune"]  # continued past step 2

@@ -12,7 +12,6 @@ import copy
 import contextlib
 import math
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -25,7 +24,7 @@ from .. import flops, models, optim, saving
 from ..errors import FxTaylorError
 from ..graph import trace
 from ..importance import TaylorImportance
-from . import measure, state
+from . import inputs, measure, state
 from .result import PruneResult
 from .select import min_flops, select
 
@@ -85,38 +84,16 @@ def prune(
     record (:mod:`fxtaylor.models`) so the result can be loaded by name; custom models are
     loaded with ``fxtaylor.load(path, base=unpruned_model)``.
     """
-    _check(target_flops, flops_reg, updates_between_prunes, maps_per_prune, min_accuracy,
+    inputs.check(target_flops, flops_reg, updates_between_prunes, maps_per_prune, min_accuracy,
            val_loader, evaluate, eval_every, final_updates, tolerance, checkpoint_dir, resume)
     ckpt = _read_checkpoint(checkpoint_dir) if resume else None
     if seed is not None:
         state.seed_everything(seed)
         if isinstance(getattr(train_loader, "generator", None), torch.Generator):
             train_loader.generator.manual_seed(seed)  # it shuffles, not the global RNG
-    example = _first_batch(train_loader)[0][:1].to(measure.device_of(model))
+    example = inputs.first_batch(train_loader)[0][:1].to(measure.device_of(model))
     run = _Run(model, train_loader, example, locals())
     return run.execute(ckpt)
-
-
-def _check(target, lam, n, k, floor, val_loader, evaluate, eval_every, final, tol, ckpt_dir, resume) -> None:
-    if not (isinstance(target, (int, float)) and 0 < target < 1):
-        raise FxTaylorError(f"target_flops must be a fraction of the original FLOPs in (0, 1), got {target!r}")
-    if not (isinstance(lam, (int, float)) and lam >= 0):
-        raise FxTaylorError(f"flops_reg (λ) must be >= 0, got {lam!r}")
-    if not (isinstance(n, int) and n >= 1):
-        raise FxTaylorError(f"updates_between_prunes must be an integer >= 1, got {n!r}")
-    if k is not None and not (isinstance(k, int) and k >= 1):
-        raise FxTaylorError(f"maps_per_prune must be an integer >= 1 or None, got {k!r}")
-    if not (isinstance(eval_every, int) and eval_every >= 1) or not (isinstance(final, int) and final >= 0):
-        raise FxTaylorError("eval_every must be >= 1 and final_updates >= 0")
-    if not 0 <= tol < 1:
-        raise FxTaylorError(f"tolerance must be in [0, 1), got {tol!r}")
-    if floor is not None:
-        if val_loader is None and evaluate is None:
-            raise FxTaylorError("min_accuracy needs val_loader or evaluate to measure accuracy")
-        if not 0 <= floor <= 1:
-            raise FxTaylorError(f"min_accuracy is a fraction in [0, 1], got {floor!r}")
-    if resume and ckpt_dir is None:
-        raise FxTaylorError("resume=True needs the checkpoint_dir of the interrupted run")
 
 
 def _read_checkpoint(ckpt_dir: str | os.PathLike) -> dict:
@@ -126,57 +103,6 @@ def _read_checkpoint(ckpt_dir: str | os.PathLike) -> dict:
     return ckpt
 
 
-def _first_batch(loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        batch = next(iter(loader))
-    except StopIteration:
-        raise FxTaylorError("the training loader yields no batches") from None
-    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(b, torch.Tensor) for b in batch[:2])):
-        raise FxTaylorError(f"the training loader must yield (inputs, labels) tensor pairs; got {_describe(batch)}")
-    if batch[0].shape[0] == 0:
-        raise FxTaylorError("the training loader yields empty batches")
-    return batch[0], batch[1]
-
-
-def _describe(batch: Any) -> str:
-    if isinstance(batch, torch.Tensor):
-        return f"a single tensor of shape {tuple(batch.shape)} (no labels)"
-    if isinstance(batch, (tuple, list)):
-        return f"a {type(batch).__name__} of {len(batch)}: " + ", ".join(type(b).__name__ for b in batch[:3])
-    return type(batch).__name__
-
-
-def _names(model: nn.Module, items: Iterable, types_ok: bool) -> list[str]:
-    """Module names for ``ignored_layers`` / ``leaf_modules`` (types expand to every instance),
-    so the arch record holds strings only."""
-    names = {id(m): n for n, m in model.named_modules()}
-    out = []
-    for it in items:
-        if isinstance(it, str):
-            out.append(it)
-        elif isinstance(it, nn.Module):
-            out.append(names[id(it)])
-        elif types_ok and isinstance(it, type):
-            out += [n for n, m in model.named_modules() if type(m) is it]
-        else:
-            raise FxTaylorError(f"cannot name {it!r}: pass modules, module names or module types")
-    return out
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    import fvcore
-    import torch_pruning
-    import torchvision
-
-    return {
-        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "torch_pruning": getattr(torch_pruning, "__version__", "?"), "fvcore": getattr(fvcore, "__version__", "?"),
-        "platform": platform.platform(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "threads": torch.get_num_threads(),
-    }
-
-
 class _Run:
     def __init__(self, model: nn.Module, loader: Iterable, example: torch.Tensor, args: dict[str, Any]):
         self.model, self.example, self.a = model, example, args
@@ -184,8 +110,8 @@ class _Run:
         self.loss_fn = args["loss_fn"] or nn.CrossEntropyLoss()
         self.batches = state.Batches(loader)
         self.trace_kwargs = {
-            "ignored_layers": _names(model, args["ignored_layers"], False),
-            "leaf_modules": _names(model, args["leaf_modules"], True),
+            "ignored_layers": inputs.names(model, args["ignored_layers"], False),
+            "leaf_modules": inputs.names(model, args["leaf_modules"], True),
         }
         self.ckpt_path = Path(args["checkpoint_dir"]) / CHECKPOINT if args["checkpoint_dir"] is not None else None
         self.removed: list[int] = []
@@ -403,7 +329,7 @@ class _Run:
             model=self.model, arch=self.arch(), target_flops=a["target_flops"], reached=reached, stop_reason=reason,
             before=self.before, after=after, speedup=speedup, history=self.history,
             layers=[{"name": n, "before": c, "after": layers_after.get(n, 0)} for n, c in self.layers_before.items()],
-            config=config, environment=environment(self.device), timings=self.timings,
+            config=config, environment=measure.environment(self.device), timings=self.timings,
         )
 
     def _flops(self) -> int:

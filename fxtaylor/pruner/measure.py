@@ -1,9 +1,10 @@
 """Numbers a run reports: parameters, top-1 accuracy, latency."""
 from __future__ import annotations
 
+import platform
 import statistics
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
@@ -74,3 +75,17 @@ def out_channels(model: nn.Module) -> dict[str, int]:
         elif isinstance(m, nn.Linear):
             out[name] = m.out_features
     return out
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import fvcore
+    import torch_pruning
+    import torchvision
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "torch_pruning": getattr(torch_pruning, "__version__", "?"), "fvcore": getattr(fvcore, "__version__", "?"),
+        "platform": platform.platform(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(),
+    }
