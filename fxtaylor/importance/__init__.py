@@ -5,8 +5,9 @@ from .baselines import (
 )
 from .stats import spearman
 from .taylor import TaylorImportance
+from .tp_criteria import TorchPruningImportance
 
 __all__ = [
     "ActivationMeanImportance", "ActivationStdImportance", "GraphImportance", "OracleImportance",
-    "RandomImportance", "TaylorImportance", "WeightImportance", "normalize", "spearman",
+    "RandomImportance", "TaylorImportance", "TorchPruningImportance", "WeightImportance", "normalize", "spearman",
 ]

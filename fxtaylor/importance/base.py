@@ -10,7 +10,8 @@ by its root module) to fxtaylor's and returns a score per root channel.
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -69,6 +70,25 @@ class GraphImportance(tp.importance.Importance):
     def has_state(self) -> bool:
         """Whether scores depend on observations made on the current architecture."""
         return False
+
+    STATE: tuple[str, ...] = ()
+    """Attributes holding observations: what :meth:`state_dict` saves (checkpoint/resume)."""
+
+    @contextmanager
+    def observe(self) -> Iterator["GraphImportance"]:
+        """Criteria that learn from training steps hook them here; the others need nothing."""
+        yield self
+
+    def reset(self) -> None:
+        """Forget every observation (criteria with none have nothing to forget)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.STATE:
+            v = state[k]
+            setattr(self, k, v.to(self.device) if isinstance(v, torch.Tensor) else v)
 
     # -- shared ------------------------------------------------------------------------------
 

@@ -46,6 +46,8 @@ class WeightImportance(GraphImportance):
 class _ActivationStats(GraphImportance):
     """Running Σz, Σz² and element counts per unit over every read observed."""
 
+    STATE = ("s1", "s2", "count")
+
     def __init__(self, model: nn.Module, example_inputs: Any, **kwargs: Any):
         super().__init__(model, example_inputs, **kwargs)
         self.reset()

@@ -57,6 +57,8 @@ class TaylorImportance(GraphImportance):
 
     # -- state -------------------------------------------------------------------------------
 
+    STATE = ("sums", "examples", "elements")
+
     def reset(self) -> None:
         """Forget every observation (call after each pruning step, as the paper does)."""
         n = int(self.graph.group_of_unit.numel())

@@ -23,10 +23,13 @@ from tqdm.auto import tqdm
 from .. import flops, models, optim, saving
 from ..errors import FxTaylorError
 from ..graph import trace
-from ..importance import TaylorImportance
+from ..importance import (
+    ActivationMeanImportance, ActivationStdImportance, RandomImportance, TaylorImportance, WeightImportance,
+)
+from ..importance.base import GraphImportance
 from . import inputs, measure, state
 from .result import PruneResult
-from .select import min_flops, select
+from .select import cut, min_flops
 
 DEFAULT_FLOPS_REG = 0.0
 """λ when none is given. The paper's 1e-3 is in its own (unstated) FLOPs units; ours are
@@ -34,6 +37,10 @@ DEFAULT_FLOPS_REG = 0.0
 
 PAPER_UPDATES = 30  # minibatch updates between prunings, Birds-200 / VGG-16 setting
 MAPS_FRACTION = 0.01  # default maps per prune: 1 % of the prunable maps (see docs/usage.md)
+CRITERIA = {
+    "taylor": TaylorImportance, "weight": WeightImportance, "activation_mean": ActivationMeanImportance,
+    "activation_std": ActivationStdImportance, "random": RandomImportance,
+}
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "fxtaylor.checkpoint/1"
 
@@ -47,6 +54,7 @@ def prune(
     optimizer: torch.optim.Optimizer | None = None,
     updates_between_prunes: int = PAPER_UPDATES,
     maps_per_prune: int | None = None,
+    flops_per_prune: float | None = None,
     flops_reg: float = DEFAULT_FLOPS_REG,
     normalize: str | None = "l2",
     val_loader: Iterable | None = None,
@@ -64,6 +72,7 @@ def prune(
     measure_latency: bool = True,
     progress: bool = True,
     on_step: Callable[[dict], None] | None = None,
+    criterion: str | Callable[..., GraphImportance] = "taylor",
 ) -> PruneResult:
     """Prune ``model`` (fine-tuned on the task of ``train_loader``) to ``target_flops`` × its
     FLOPs, fine-tuning all along. The model is pruned in place; see :class:`PruneResult`.
@@ -72,7 +81,9 @@ def prune(
     cross-entropy, ``optimizer`` to the paper's SGD (lr 1e-4, momentum 0.9, wd 1e-4).
     ``updates_between_prunes`` (paper: 30) updates observe the criterion before each pruning
     step, which removes ``maps_per_prune`` maps (default: 1 % of the prunable maps) ranked
-    globally by ℓ2-normalised Taylor score minus ``flops_reg`` × FLOPs cost. The run ends with
+    globally by ℓ2-normalised Taylor score minus ``flops_reg`` × FLOPs cost; or, with
+    ``flops_per_prune``, as many maps as remove that fraction of the original FLOPs (so every
+    criterion reaches a target in the same number of steps). The run ends with
     FLOPs in ``[target·(1 − tolerance), target]`` × the original (slightly above only if no
     remaining map fits that band), and ``final_updates`` more updates.
 
@@ -83,9 +94,20 @@ def prune(
     numpy and the train loader's own generator if it has one. ``arch`` is the model's arch
     record (:mod:`fxtaylor.models`) so the result can be loaded by name; custom models are
     loaded with ``fxtaylor.load(path, base=unpruned_model)``.
+
+    ``criterion``: ``"taylor"`` (the paper's), or a baseline (``"weight"``,
+    ``"activation_mean"``, ``"activation_std"``, ``"random"``), or any factory
+    ``f(model, example_inputs, normalize=, flops_reg=, graph=) -> GraphImportance`` — e.g. a
+    torch-pruning criterion through :class:`fxtaylor.importance.TorchPruningImportance` — all
+    inside the same loop, for comparisons at equal fine-tuning budget. ``on_step(record)`` is
+    called after each step's checkpoint.
     """
     inputs.check(target_flops, flops_reg, updates_between_prunes, maps_per_prune, min_accuracy,
-           val_loader, evaluate, eval_every, final_updates, tolerance, checkpoint_dir, resume)
+                 val_loader, evaluate, eval_every, final_updates, tolerance, checkpoint_dir, resume)
+    if flops_per_prune is not None and (maps_per_prune is not None or not 0 < flops_per_prune < 1):
+        raise FxTaylorError(f"flops_per_prune must be in (0, 1) and excludes maps_per_prune, got {flops_per_prune!r}")
+    if isinstance(criterion, str) and criterion not in CRITERIA:
+        raise FxTaylorError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)} or pass a GraphImportance factory")
     ckpt = _read_checkpoint(checkpoint_dir) if resume else None
     if seed is not None:
         state.seed_everything(seed)
@@ -130,8 +152,11 @@ class _Run:
             graph = trace(self.model, self.example, **self.trace_kwargs)
         self.opt = a["optimizer"]
         reduction = getattr(self.loss_fn, "reduction", "mean")
-        self.imp = TaylorImportance(self.model, self.example, normalize=a["normalize"], flops_reg=a["flops_reg"],
-                                    loss_reduction="sum" if reduction == "sum" else "mean", graph=graph)
+        factory = CRITERIA[a["criterion"]] if isinstance(a["criterion"], str) else a["criterion"]
+        kwargs = {"normalize": a["normalize"], "flops_reg": a["flops_reg"], "graph": graph}
+        if factory is TaylorImportance:
+            kwargs["loss_reduction"] = "sum" if reduction == "sum" else "mean"
+        self.imp = factory(self.model, self.example, **kwargs)
         if ckpt is None:
             self._check_reachable()
             self.opt = self.opt or optim.paper_sgd(self.model)
@@ -180,8 +205,7 @@ class _Run:
         return graph
 
     def _restore_run(self, ckpt: dict) -> None:
-        imp = ckpt["importance"]
-        self.imp.sums, self.imp.examples, self.imp.elements = imp["sums"].to(self.device), imp["examples"], imp["elements"].to(self.device)
+        self.imp.load_state_dict(ckpt["importance"])
         self.before, self.history, self.k = ckpt["before"], ckpt["history"], ckpt["maps_per_prune"]
         self.t0 -= self.history[-1]["time_s"]
         self.batches.restore(ckpt["data"])
@@ -248,24 +272,13 @@ class _Run:
         return total / n
 
     def _cut(self) -> int:
-        """Remove up to ``k`` maps; re-select within the step if the FLOPs estimate stopped
-        short of the target (it never over-predicts the saving, so this only adds maps)."""
-        a, removed = self.a, 0
-        floor = self.target * (1 - a["tolerance"])
-        for _ in range(8):
-            now = self.imp.total_flops()
-            cuts = select(self.imp, self.k - removed, now, self.target, floor)
-            if not cuts and removed == 0 and now > self.target * (1 + a["tolerance"]):
-                cuts = select(self.imp, 1, now, self.target, -math.inf)  # nothing fits the band: best effort
-            if not cuts:
-                break
-            for c in cuts:
-                self.removed += c.group.units[c.channels].tolist()
-                optim.prune_keeping_state(self.imp.graph, c.group, c.channels, self.opt)
-                removed += int(c.channels.numel())
-            if removed >= self.k or self.imp.total_flops() <= self.target:
-                break
-        return removed
+        if self.a["flops_per_prune"]:
+            step_target = max(self.target, self.imp.total_flops() - self.a["flops_per_prune"] * self.before["flops"])
+            gone = cut(self.imp, step_target, None, self.a["tolerance"], self.opt)
+        else:
+            gone = cut(self.imp, self.target, self.k, self.a["tolerance"], self.opt)
+        self.removed += gone
+        return len(gone)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -296,7 +309,7 @@ class _Run:
             "format": CHECKPOINT_FORMAT, "arch": self.arch(),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(),
-            "importance": {"sums": imp.sums.cpu(), "examples": imp.examples, "elements": imp.elements.cpu()},
+            "importance": {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in imp.state_dict().items()},
             "rng": state.rng_state(), "data": self.batches.position(),
             "before": self.before, "history": self.history, "maps_per_prune": self.k,
         }, self.ckpt_path)
@@ -321,9 +334,10 @@ class _Run:
             reached = abs(after["flops"] / self.before["flops"] - a["target_flops"]) <= a["tolerance"] * a["target_flops"]
         layers_after = measure.out_channels(self.model)
         self.timings["total_s"] = time.perf_counter() - self.t0
-        config = {k: a[k] for k in ("target_flops", "flops_reg", "normalize", "updates_between_prunes", "eval_every",
+        config = {k: a[k] for k in ("target_flops", "flops_reg", "normalize", "updates_between_prunes", "flops_per_prune", "eval_every",
                                      "final_updates", "min_accuracy", "seed", "tolerance")}
-        config.update(maps_per_prune=self.k, model=models.base_name(self.arch()), optimizer=type(self.opt).__name__,
+        crit = a["criterion"]
+        config.update(criterion=crit if isinstance(crit, str) else getattr(crit, "__name__", type(crit).__name__), maps_per_prune=self.k, model=models.base_name(self.arch()), optimizer=type(self.opt).__name__,
                       input_shape=list(self.example.shape))
         return PruneResult(
             model=self.model, arch=self.arch(), target_flops=a["target_flops"], reached=reached, stop_reason=reason,

@@ -1,4 +1,5 @@
 """Which maps go in a pruning step: one global ranking, capped by count and by the FLOPs target.
+:func:`cut` removes them (also usable alone: one-shot pruning to a FLOPs target).
 
 Every unit of every prunable group gets its final score (``importance.group_scores``: ℓ2
 normalised within its group, minus λ·cost); all are sorted together, lowest first, and taken
@@ -15,11 +16,12 @@ over-predicts FLOPs and the loop re-counts with fvcore after every cut.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .. import flops
+from .. import flops, optim
 from ..graph import ChannelGroup, trace
 from ..importance.base import GraphImportance
 
@@ -59,6 +61,33 @@ def select(imp: GraphImportance, k: int, flops_now: float, target: float, floor:
         est -= cost[i]
         taken += 1
     return [Cut(g, torch.tensor(sorted(p), dtype=torch.long), s) for g, p, s in zip(groups, picked, saved) if p]
+
+
+def cut(imp: GraphImportance, target: float, k: int | None = None, tolerance: float = 0.01,
+        optimizer: torch.optim.Optimizer | None = None) -> list[int]:
+    """Remove the lowest-ranked units of ``imp``'s graph from its model: up to ``k`` (all that
+    are needed if None), stopping at ``target`` FLOPs (absolute) within ``tolerance`` below it.
+    The optimizer's state follows the kept channels. Returns the removed units (global ids).
+
+    Re-selects after each cut if the estimate stopped short of the target (it never
+    over-predicts a saving, so this only adds units). If nothing fits the band and the FLOPs are
+    more than ``tolerance`` above the target, the single lowest-ranked unit goes anyway.
+    """
+    k = k if k is not None else int(imp.graph.group_of_unit.numel())
+    floor, removed = target * (1 - tolerance), []
+    for _ in range(8):
+        now = imp.total_flops()
+        cuts = select(imp, k - len(removed), now, target, floor)
+        if not cuts and not removed and now > target * (1 + tolerance):
+            cuts = select(imp, 1, now, target, -math.inf)
+        if not cuts:
+            break
+        for c in cuts:
+            removed += c.group.units[c.channels].tolist()
+            optim.prune_keeping_state(imp.graph, c.group, c.channels, optimizer)
+        if len(removed) >= k or imp.total_flops() <= target:
+            break
+    return removed
 
 
 def min_flops(imp: GraphImportance, example_inputs, **trace_kwargs) -> int:
