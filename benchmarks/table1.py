@@ -77,9 +77,9 @@ def scores(model: nn.Module, name: str, batches: list, example: torch.Tensor, no
     return {g.index: imp.group_scores(g) for g in imp.graph.prunable_groups}
 
 
-def study(seed: int) -> dict:
+def study(seed: int, epochs: int = 30) -> dict:
     t0 = time.time()
-    model, accuracy = train(seed)
+    model, accuracy = train(seed, epochs)
     x, y = digits("train").tensors
     batches = list(zip(x[:1024].split(128), y[:1024].split(128)))
     example = x[:1]

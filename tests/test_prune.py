@@ -367,3 +367,20 @@ def test_prune_and_resume_on_cuda(tmp_path):
     resumed = fxtaylor.prune(fresh().cuda(), loaders()[0], checkpoint_dir=tmp_path / "b", resume=True, **FAST)
     assert resumed.reached and [h["step"] for h in resumed.history[:3]] == [0, 1, 2]
     assert len(resumed.arch["removed_units"]) > 2 * FAST["maps_per_prune"]  # continued past step 2
+
+
+def test_final_fine_tune_and_custom_evaluation():
+    calls = []
+
+    def evaluate(m):
+        calls.append(sum(c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)))
+        return 0.5
+
+    r = fxtaylor.prune(fresh(), loaders()[0], evaluate=evaluate, final_updates=5, eval_every=2, **FAST)
+    steps = [h["step"] for h in r.history]
+    assert steps[-1] == "final" and r.history[-1]["loss"] is not None and r.after["accuracy"] == 0.5
+    # evaluated before pruning, every second step, at the step that reached the target, after the final fine-tune
+    evaluated = [h["step"] for h in r.history if h["accuracy"] is not None]
+    last = steps[-2]
+    assert evaluated == [0] + [s for s in steps[1:-1] if s % 2 == 0 or s == last] + ["final"]
+    assert len(calls) == len(evaluated) and calls == sorted(calls, reverse=True)

@@ -66,6 +66,7 @@ class TaylorImportance(GraphImportance):
         self.examples = 0
         self.elements = torch.zeros(n, dtype=torch.float64, device=self.device)  # M_u
         self._passes: weakref.WeakSet[_Pass] = weakref.WeakSet()
+        self._scratch = _Scratch()
         self._current: _Pass | None = None
 
     def has_state(self) -> bool:
@@ -133,7 +134,7 @@ class TaylorImportance(GraphImportance):
                     f"the input of {read.consumer} was modified in place after it was read; "
                     "the Taylor criterion needs its value at backward time"
                 )
-            gz = _per_position(g, z, read.dim)  # [N, positions], float32
+            gz = _per_position(g, z, read.dim, self._scratch)  # [N, positions], float32
             if self.loss_reduction == "mean":
                 gz = gz * gz.shape[0]
             if p.pending is None:
@@ -161,11 +162,28 @@ class TaylorImportance(GraphImportance):
                 self._fold_pass(p)
 
 
-def _per_position(g: torch.Tensor, z: torch.Tensor, dim: int) -> torch.Tensor:
+class _Scratch:
+    """One reusable buffer per device for the elementwise product g·z. A fresh activation-sized
+    temporary per read is a fresh large allocation, which the C allocator serves with new pages
+    from the kernel (page faults on first touch) every time; reusing one buffer avoids that."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[torch.device, torch.Tensor] = {}
+
+    def like(self, t: torch.Tensor) -> torch.Tensor:
+        buf = self.buffers.get(t.device)
+        if buf is None or buf.numel() < t.numel():
+            buf = self.buffers[t.device] = torch.empty(t.numel(), dtype=torch.float32, device=t.device)
+        return buf[: t.numel()].view(t.shape)
+
+
+def _per_position(g: torch.Tensor, z: torch.Tensor, dim: int, scratch: _Scratch | None = None) -> torch.Tensor:
     """Σ over all dims but batch and ``dim`` of g·z, per example and position, in float32."""
     n, c = z.shape[0], z.shape[dim]
     g = g.movedim(dim, 1).reshape(n, c, -1).float()
     z = z.detach().movedim(dim, 1).reshape(n, c, -1).float()
     with torch.autocast(g.device.type, enabled=False):  # backward may run inside autocast
-        # one pass over g and z; einsum lowers this to a bmm of tiny matrices, ~40 % slower
-        return torch.linalg.vecdot(g, z, dim=-1)
+        if scratch is None:
+            # one pass over g and z; einsum lowers this to a bmm of tiny matrices, ~40 % slower
+            return torch.linalg.vecdot(g, z, dim=-1)
+        return torch.mul(g, z, out=scratch.like(g)).sum(-1)
