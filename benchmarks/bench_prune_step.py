@@ -4,7 +4,7 @@
 Goal: ``ratio_vs_tp_step`` ≤ 2.
 
 fxtaylor's side is what its loop does once per step (``fxtaylor.prune``): ``cut(imp, 0, k=K)``
-with K = 1 % of the prunable maps (the default ``maps_per_prune``: 114 on ResNet-50) — global
+with K = 1 % of the prunable maps (the loop's default ``maps_per_prune``: 115 on ResNet-50) — global
 ranking, then torch-pruning's per-layer functions through the channel graph — followed by the
 fvcore re-count ``imp.total_flops()`` the loop needs after every cut. The criterion is
 ``WeightImportance`` (scores from the weights, so no training steps are needed to rank).
@@ -26,6 +26,7 @@ can be explained.
 """
 import functools
 import gc
+import math
 import statistics
 import time
 from contextlib import ExitStack
@@ -39,10 +40,10 @@ import torchvision
 import fxtaylor
 import fxtaylor.optim
 from fxtaylor.pruner import select as select_module
+from fxtaylor.pruner.loop import MAPS_FRACTION
 from fxtaylor.pruner.select import cut
 from ratios import report
 
-MAPS_FRACTION = 0.01  # the loop's default maps_per_prune: 1 % of the prunable maps
 ROUNDS = 7
 
 
@@ -56,7 +57,8 @@ def conv_out_channels(model):
 
 
 def maps_per_step(imp):
-    return round(MAPS_FRACTION * sum(g.num_prunable for g in imp.graph.prunable_groups))
+    """The loop's default maps_per_prune (``fxtaylor.pruner.loop``)."""
+    return max(1, math.ceil(MAPS_FRACTION * sum(g.num_prunable for g in imp.graph.prunable_groups)))
 
 
 def ours_prepare(x):
@@ -193,6 +195,8 @@ def test_prune_step_vs_tp_step(benchmark):
     if benchmark.disabled:
         return
 
+    # at equal maps the channel counts differ (the criteria pick different groups): recorded, then calibrated
+    benchmark.extra_info["tp_at_equal_maps"] = {"maps": tp_maps, "conv_out_channels": tp_channels}
     ratio, (tp_maps, tp_channels) = calibrate_tp_ratio(x, k / initial_total, (tp_maps, tp_channels), ours_channels)
     benchmark.extra_info.update(
         maps_removed={"fxtaylor": k, "torch_pruning": tp_maps},

@@ -1,6 +1,6 @@
 """The quality study: how much accuracy each criterion keeps per FLOP removed, inside one loop.
 
-    python benchmarks/quality.py [--seed 0]          # ≈ 25 min on 2 cores; regenerates docs/results*
+    python benchmarks/quality.py [--seed 0]          # ≈ 20 min on 2 cores; regenerates docs/results*
 
 Three parts, on data that ships offline (scikit-learn's handwritten digits):
 
@@ -8,7 +8,7 @@ Three parts, on data that ships offline (scikit-learn's handwritten digits):
 2. The paper's Fig. 3/4 view, *direct* setting: the embedded default's ResNet-18 (trained on
    all ten digits, 32×32, the ``fxtaylor prune`` cache recipe) pruned to 1/2, 1/4 and 1/8 of
    its FLOPs by every criterion in the same loop (`fxtaylor.prune`): 10 SGD updates observed
-   per step, each step removing 1 % of the original FLOPs (``flops_per_prune``: every criterion
+   per step, each step removing 2 % of the original FLOPs (``flops_per_prune``: every criterion
    gets the same number of steps, i.e. the same fine-tuning budget), lr 1e-3, momentum 0.9.
    At each milestone a copy gets the same recovery fine-tuning (``RECOVERY`` updates) and is
    evaluated. Criteria: Taylor, Taylor + FLOPs regularisation (a λ sweep, which picks the
@@ -44,7 +44,7 @@ from fxtaylor.pruner.state import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 MILESTONES = (0.5, 0.25, 0.125)
-STEP = 0.01  # fraction of the original FLOPs removed per pruning step
+STEP = 0.02  # fraction of the original FLOPs removed per pruning step (44 steps to 1/8)
 UPDATES = 10  # observed updates per step
 RECOVERY = 100  # fine-tuning updates given to every milestone's copy before its final evaluation
 LAMBDAS = (1e-3, 1e-2, 1e-1)

@@ -151,9 +151,12 @@ class GraphImportance(tp.importance.Importance):
             self._cost, self._cost_key = (cost, cost / mean if mean > 0 else cost, total), key
         return self._cost
 
-    def group_scores(self, group: ChannelGroup) -> torch.Tensor:
-        """Final score of each channel of ``group``: normalised, minus λ·cost. Lowest goes first."""
-        s = normalize(self.unit_scores()[group.units].to(torch.float64), self.normalize)
+    def group_scores(self, group: ChannelGroup, unit_scores: torch.Tensor | None = None) -> torch.Tensor:
+        """Final score of each channel of ``group``: normalised, minus λ·cost. Lowest goes first.
+        ``unit_scores``: this criterion's :meth:`unit_scores`, when the caller scores many groups
+        at once (some criteria compute them with a pass over the whole model)."""
+        raw = self.unit_scores() if unit_scores is None else unit_scores
+        s = normalize(raw[group.units].to(torch.float64), self.normalize)
         if self.flops_reg:
             s = s - self.flops_reg * self.normalized_costs()[group.units]
         return s

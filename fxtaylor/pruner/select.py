@@ -39,7 +39,8 @@ def select(imp: GraphImportance, k: int, flops_now: float, target: float, floor:
     groups = imp.graph.prunable_groups
     if not groups or k <= 0:
         return []
-    scores = torch.cat([imp.group_scores(g) for g in groups])
+    raw = imp.unit_scores()
+    scores = torch.cat([imp.group_scores(g, raw) for g in groups])
     owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
     local = torch.cat([torch.arange(g.size) for g in groups])
     cost = torch.cat([imp.unit_costs()[g.units] for g in groups]).tolist()
