@@ -5,16 +5,15 @@ Goal: ``ratio_speedup_over_flop_ratio_b1`` and ``_b32`` ≥ 0.9, i.e. the measur
 least 0.9 × the FLOPs saved (F0 / F1 ≈ 2), for ResNet-50 and MobileNetV2 at 224×224, batch 1
 and 32.
 
-A copy of the model is cut once to 50 % of its FLOPs with ``cut(WeightImportance(m, x), 0.5·F0)``
-(one-shot, the same selection and surgery as the loop; FLOPs by fvcore, asserted to land in the
-loop's band [0.495, 0.5] × F0). The weights are torchvision's random initialisation (seeded; no
-download), so which maps go is what the weight criterion picks on those weights, and the
-speed-up depends on where the cut falls (a map of a late 7×7 layer saves as many FLOPs as
-several of an early one, but not the same time). On these weights the ℓ2 normalisation ranks
-the largest groups lowest (n similar scores normalise to about 1/√n each), and the cut empties
-them: ResNet-50 keeps 1 of the 1024 / 2048 residual channels of layer3 / layer4 (and 263 of
-layer2's 512), MobileNetV2 1 channel of blocks 15–17's expansions and of the final 1280-wide
-conv. A pretrained model would be cut elsewhere; these are the models timed here.
+A copy of the model is cut once to 50 % of its FLOPs with ``cut(RandomImportance(m, x,
+normalize=None), 0.5·F0)`` (one-shot, the same selection and surgery as the loop; FLOPs by fvcore,
+asserted to land in the loop's band [0.495, 0.5] × F0). Weights are torchvision's random
+initialisation (no download), so no criterion has anything to find in them: random scores
+thin every group by about the same fraction (~30 % of the channels halves the FLOPs), the shape
+of a typically pruned network. (Weight magnitudes on random weights, ℓ2-normalised, rank whole
+wide groups lowest — n similar scores normalise to ≈1/√n each — and the cut empties ResNet-50's
+layer3/layer4 residual streams to one channel: a degenerate architecture that times nothing
+real.)
 
 Latency: ``fxtaylor.pruner.measure.latency_ms`` — eval mode, ``torch.inference_mode()``, dense
 and pruned forward passes alternating round by round, medians; torch's default thread count.
@@ -47,7 +46,7 @@ def dense_and_pruned(name):
     torch.manual_seed(0)
     dense = torchvision.models.get_model(name, weights=None).eval()
     pruned = copy.deepcopy(dense)
-    imp = fxtaylor.WeightImportance(pruned, torch.randn(1, 3, SIDE, SIDE))
+    imp = fxtaylor.RandomImportance(pruned, torch.randn(1, 3, SIDE, SIDE), normalize=None, seed=0)
     f0 = imp.total_flops()
     cut(imp, TARGET * f0)
     return dense, pruned.eval(), f0, imp.total_flops()  # the second count is fvcore's on the pruned model
