@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--updates-between-prunes", type=_positive_int, help="minibatch updates observed per pruning step [30; 10 on digits]")
     p.add_argument("--maps-per-prune", type=_positive_int, help="maps removed per step [1 %% of the prunable maps]")
     p.add_argument("--flops-per-prune", type=_fraction, help="instead: remove this fraction of the original FLOPs per step")
+    p.add_argument("--round-to", type=_positive_int, default=1, help="keep channel counts multiples of this (8: faster kernels) [1]")
     p.add_argument("--criterion", default="taylor", choices=["taylor", "weight", "activation_mean", "activation_std", "random"],
                    help="how maps are ranked [taylor, the paper's]; the others are baselines")
     p.add_argument("--lr", type=_non_negative, help="SGD learning rate while pruning [1e-4 (paper); 1e-3 on digits]")
@@ -114,7 +115,7 @@ def prune(args: argparse.Namespace) -> int:
     result = run_prune(
         work.model, work.train, target_flops=args.target_flops, optimizer=opt, val_loader=work.val,
         updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
-        flops_per_prune=args.flops_per_prune, criterion=args.criterion,
+        flops_per_prune=args.flops_per_prune, criterion=args.criterion, round_to=args.round_to,
         flops_reg=args.flops_reg, min_accuracy=args.min_accuracy, final_updates=args.final_updates,
         checkpoint_dir=out, resume=args.resume, seed=args.seed, arch=work.arch, progress=args.progress,
     )

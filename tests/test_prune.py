@@ -384,3 +384,11 @@ def test_final_fine_tune_and_custom_evaluation():
     last = steps[-2]
     assert evaluated == [0] + [s for s in steps[1:-1] if s % 2 == 0 or s == last] + ["final"]
     assert len(calls) == len(evaluated) and calls == sorted(calls, reverse=True)
+
+
+def test_round_to_keeps_channel_counts_multiples():
+    model = fresh()
+    r = fxtaylor.prune(model, loaders()[0], round_to=4, **{**FAST, "maps_per_prune": 8})
+    assert 0.5 * 0.99 <= r.flops_ratio <= 0.5 * 1.01
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths != [16, 16, 16, 32] and all(w % 4 == 0 for w in widths), widths

@@ -55,6 +55,7 @@ def prune(
     updates_between_prunes: int = PAPER_UPDATES,
     maps_per_prune: int | None = None,
     flops_per_prune: float | None = None,
+    round_to: int = 1,
     flops_reg: float = DEFAULT_FLOPS_REG,
     normalize: str | None = "l2",
     val_loader: Iterable | None = None,
@@ -83,7 +84,8 @@ def prune(
     step, which removes ``maps_per_prune`` maps (default: 1 % of the prunable maps) ranked
     globally by ℓ2-normalised Taylor score minus ``flops_reg`` × FLOPs cost; or, with
     ``flops_per_prune``, as many maps as remove that fraction of the original FLOPs (so every
-    criterion reaches a target in the same number of steps). The run ends with
+    criterion reaches a target in the same number of steps). ``round_to=8`` keeps every group
+    at a multiple of 8 channels (faster kernels; docs/results.md). The run ends with
     FLOPs in ``[target·(1 − tolerance), target]`` × the original (slightly above only if no
     remaining map fits that band), and ``final_updates`` more updates.
 
@@ -106,6 +108,8 @@ def prune(
                  val_loader, evaluate, eval_every, final_updates, tolerance, checkpoint_dir, resume)
     if flops_per_prune is not None and (maps_per_prune is not None or not 0 < flops_per_prune < 1):
         raise FxTaylorError(f"flops_per_prune must be in (0, 1) and excludes maps_per_prune, got {flops_per_prune!r}")
+    if not (isinstance(round_to, int) and round_to >= 1):
+        raise FxTaylorError(f"round_to must be an integer >= 1, got {round_to!r}")
     if isinstance(criterion, str) and criterion not in CRITERIA:
         raise FxTaylorError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)} or pass a GraphImportance factory")
     ckpt = _read_checkpoint(checkpoint_dir) if resume else None
@@ -274,9 +278,9 @@ class _Run:
     def _cut(self) -> int:
         if self.a["flops_per_prune"]:
             step_target = max(self.target, self.imp.total_flops() - self.a["flops_per_prune"] * self.before["flops"])
-            gone = cut(self.imp, step_target, None, self.a["tolerance"], self.opt)
+            gone = cut(self.imp, step_target, None, self.a["tolerance"], self.opt, self.a["round_to"])
         else:
-            gone = cut(self.imp, self.target, self.k, self.a["tolerance"], self.opt)
+            gone = cut(self.imp, self.target, self.k, self.a["tolerance"], self.opt, self.a["round_to"])
         self.removed += gone
         return len(gone)
 
@@ -334,7 +338,7 @@ class _Run:
             reached = abs(after["flops"] / self.before["flops"] - a["target_flops"]) <= a["tolerance"] * a["target_flops"]
         layers_after = measure.out_channels(self.model)
         self.timings["total_s"] = time.perf_counter() - self.t0
-        config = {k: a[k] for k in ("target_flops", "flops_reg", "normalize", "updates_between_prunes", "flops_per_prune", "eval_every",
+        config = {k: a[k] for k in ("target_flops", "flops_reg", "normalize", "updates_between_prunes", "flops_per_prune", "round_to", "eval_every",
                                      "final_updates", "min_accuracy", "seed", "tolerance")}
         crit = a["criterion"]
         config.update(criterion=crit if isinstance(crit, str) else getattr(crit, "__name__", type(crit).__name__), maps_per_prune=self.k, model=models.base_name(self.arch()), optimizer=type(self.opt).__name__,
