@@ -46,27 +46,35 @@ def select(imp: GraphImportance, k: int, flops_now: float, target: float, floor:
     if not groups or k <= 0:
         return []
     raw, costs = imp.unit_scores(), imp.unit_costs()
-    cands = []  # (score, group index, group-local units, cost)
+    chunk_scores, chunk_costs, chunk_owner, chunk_units = [], [], [], []  # chunk_units: list of lists
     for gi, g in enumerate(groups):
         s = imp.group_scores(g, raw)
-        c = costs[g.units]
         order = torch.sort(s, stable=True).indices
         r = round_to if g.size > round_to else 1
-        keep = -(-g.min_keep // r) * r
-        start, end = 0, g.size - keep
-        bounds = [g.size % r] if g.size % r else []
-        bounds += range(bounds[0] + r if bounds else r, end + 1, r)
-        for stop in bounds:
-            if stop > end:
-                break
-            idx = order[start:stop]
-            cands.append((float(s[idx].mean()), gi, idx.tolist(), float(c[idx].sum())))
-            start = stop
-    cands.sort(key=lambda t: t[0])  # stable: ties keep group order, chunks their order
+        end = g.size - -(-g.min_keep // r) * r  # units that may go, keeping min_keep rounded up
+        rem = g.size % r
+        if end < max(rem, 1):
+            continue
+        n_chunks = (1 if rem else 0) + (end - rem) // r
+        lim = rem + (n_chunks - (1 if rem else 0)) * r
+        pos = torch.arange(lim)
+        cid = torch.where(pos < rem, 0, (pos - rem) // r + (1 if rem else 0))
+        size = torch.bincount(cid, minlength=n_chunks).to(torch.float64)
+        chunk_scores.append(torch.zeros(n_chunks, dtype=torch.float64).index_add_(0, cid, s[order[:lim]]) / size)
+        chunk_costs.append(torch.zeros(n_chunks, dtype=torch.float64).index_add_(0, cid, costs[g.units[order[:lim]]].to(torch.float64)))
+        chunk_owner += [gi] * n_chunks
+        units = order[:lim].tolist()
+        starts = [0] + ([rem] if rem else []) + list(range(rem + r if rem else r, lim, r))
+        chunk_units += [units[a:b] for a, b in zip(starts, starts[1:] + [lim])][:n_chunks]
+    if not chunk_units:
+        return []
+    scores = torch.cat(chunk_scores)
+    cost_l = torch.cat(chunk_costs).tolist()
+    cands = [(i, chunk_owner[i], chunk_units[i], cost_l[i]) for i in torch.sort(scores, stable=True).indices.tolist()]
     picked: list[list[int]] = [[] for _ in groups]
     saved = [0.0 for _ in groups]
     est, taken = float(flops_now), 0
-    for score, gi, idx, cost in cands:
+    for _, gi, idx, cost in cands:  # lowest mean score first; ties keep group order
         if taken >= k or est <= target:
             break
         if est - cost < floor:
