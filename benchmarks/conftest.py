@@ -7,5 +7,8 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.section("fxtaylor benchmark ratios")
     for test, name, value, goal, better, ok in RATIOS:
+        if goal is None:
+            terminalreporter.write_line(f"{test}: {name} = {value:.3f} (informational)")
+            continue
         sign = "<=" if better == "lower" else ">="
         terminalreporter.write_line(f"{test}: {name} = {value:.3f} (goal {sign} {goal}) {'met' if ok else 'MISSED'}")

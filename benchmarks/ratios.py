@@ -23,7 +23,8 @@ def interleaved_medians(fns, rounds):
 
 
 def report(benchmark, name, value, goal, better="lower"):
+    """Record ``value`` against ``goal`` (None: informational, no goal to meet)."""
     benchmark.extra_info[name] = round(value, 4)
     benchmark.extra_info[name + "_goal"] = goal
-    ok = value <= goal if better == "lower" else value >= goal
+    ok = None if goal is None else (value <= goal if better == "lower" else value >= goal)
     RATIOS.append((benchmark.name, name, value, goal, better, ok))
