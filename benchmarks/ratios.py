@@ -5,6 +5,7 @@ comparable across runs). Each benchmark stores ``ratio_*`` entries, with their g
     pytest benchmarks --benchmark-enable            # times and ratios
     pytest benchmarks                               # CI: --benchmark-disable, runs each once
 """
+import gc
 import statistics
 import time
 
@@ -16,6 +17,11 @@ def interleaved_medians(fns, rounds):
     times = [[] for _ in fns]
     for _ in range(rounds):
         for i, fn in enumerate(fns):
+            # garbage left by earlier benchmarks (fx graphs, torch-pruning's dependency graphs are
+            # full of reference cycles) otherwise lands a slow full collection inside whichever
+            # call allocates most: densenet201's trace measured 0.45× tp's alone, 1.39× after
+            # the other graph benchmarks in one process
+            gc.collect()
             t = time.perf_counter()
             fn()
             times[i].append(time.perf_counter() - t)

@@ -33,7 +33,8 @@ from .select import cut, min_flops
 
 DEFAULT_FLOPS_REG = 0.0
 """λ when none is given. The paper's 1e-3 is in its own (unstated) FLOPs units; ours are
-"average maps" (docs/criterion.md); the value is chosen by the sweep in docs/results.md."""
+"average maps" (docs/criterion.md). The quality study's sweep (docs/results.md: λ ∈ {0, 1e-3,
+1e-2, 1e-1}, ResNet-18 on digits) found no λ > 0 better after recovery fine-tuning, so 0."""
 
 PAPER_UPDATES = 30  # minibatch updates between prunings, Birds-200 / VGG-16 setting
 MAPS_FRACTION = 0.01  # default maps per prune: 1 % of the prunable maps (see docs/usage.md)
@@ -85,7 +86,7 @@ def prune(
     globally by ℓ2-normalised Taylor score minus ``flops_reg`` × FLOPs cost; or, with
     ``flops_per_prune``, as many maps as remove that fraction of the original FLOPs (so every
     criterion reaches a target in the same number of steps). ``round_to=8`` keeps every group
-    at a multiple of 8 channels (faster kernels; docs/results.md). The run ends with
+    at a multiple of 8 channels (kernel-friendly widths; docs/results.md). The run ends with
     FLOPs in ``[target·(1 − tolerance), target]`` × the original (slightly above only if no
     remaining map fits that band), and ``final_updates`` more updates.
 
