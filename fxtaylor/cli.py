@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import FxTaylorError
+from .files import atomic_write
 
 RUN_ARGS = "args.json"  # the settings of a run, reused by --resume
 
@@ -150,7 +151,7 @@ def _run_dir(args: argparse.Namespace) -> Path:
 def _start(out: Path, args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "out", "device", "progress")}
-    (out / RUN_ARGS).write_text(json.dumps(settings, indent=2))
+    atomic_write(out / RUN_ARGS, json.dumps(settings, indent=2).encode())
 
 
 def inspect(args: argparse.Namespace) -> int:

@@ -104,7 +104,7 @@ def _with_weights(model: nn.Module, arch: dict, weights: str | None) -> tuple[nn
     if path.is_file():
         obj = saving.safe_load(path, "weights file")
         if obj.get("format") == saving.MODEL_FORMAT:
-            return saving.load_with_arch(path)
+            return saving.model_from(obj, path), obj["arch"]
         state = obj.get("state_dict", obj.get("model", obj))
     elif arch["kind"] == "torchvision":
         import torchvision

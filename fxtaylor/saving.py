@@ -78,8 +78,13 @@ def load_with_arch(path: str | os.PathLike, base: nn.Module | None = None, map_l
     obj = safe_load(path, "model file", map_location)
     if obj.get("format") != MODEL_FORMAT:
         raise FxTaylorError(f"{path} is not an fxtaylor model file (format {obj.get('format')!r})")
+    return model_from(obj, path, base), obj["arch"]
+
+
+def model_from(obj: dict, path: Any, base: nn.Module | None = None) -> nn.Module:
+    """The model of an already-read model file (its arch record built, its weights loaded)."""
     model = models.build(obj["arch"], copy.deepcopy(base) if base is not None else None)
-    return load_state(model, obj["state_dict"], path), obj["arch"]
+    return load_state(model, obj["state_dict"], path)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Any) -> nn.Module:

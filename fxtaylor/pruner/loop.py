@@ -327,15 +327,14 @@ class _Run:
             loss = self._updates(a["final_updates"], "final", observe=False)
             self.history.append(self._record("final", 0, loss, self._evaluate()))
         self.timings["final_s"] = time.perf_counter() - t
-        last_acc = next((h["accuracy"] for h in reversed(self.history) if not h.get("reverted")), None)
-        if self.history[-1].get("accuracy") is None or self.history[-1].get("reverted"):
-            last_acc = self._evaluate()
+        last = self.history[-1]
+        last_acc = last["accuracy"] if last["accuracy"] is not None and not last.get("reverted") else self._evaluate()
         after = {"flops": self._flops(), "params": measure.params(self.model), "accuracy": last_acc}
         speedup = None
         if self.original is not None:
             self.before["latency_ms"], after["latency_ms"] = measure.latency_ms([self.original, self.model], self.example)
             speedup = self.before["latency_ms"] / after["latency_ms"]
-        if a["target_flops"] and reached:
+        if reached:
             reached = abs(after["flops"] / self.before["flops"] - a["target_flops"]) <= a["tolerance"] * a["target_flops"]
         layers_after = measure.out_channels(self.model)
         self.timings["total_s"] = time.perf_counter() - self.t0

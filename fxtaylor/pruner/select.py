@@ -30,7 +30,6 @@ from ..importance.base import GraphImportance
 class Cut:
     group: ChannelGroup
     channels: torch.Tensor  # group-local, ascending
-    saving: float  # estimated FLOPs removed
 
 
 def select(imp: GraphImportance, k: int, flops_now: float, target: float, floor: float, round_to: int = 1) -> list[Cut]:
@@ -73,7 +72,6 @@ def select(imp: GraphImportance, k: int, flops_now: float, target: float, floor:
     cost_l = torch.cat(chunk_costs).tolist()
     cands = [(i, chunk_owner[i], chunk_units[i], cost_l[i]) for i in torch.sort(scores, stable=True).indices.tolist()]
     picked: list[list[int]] = [[] for _ in groups]
-    saved = [0.0 for _ in groups]
     est, taken = float(flops_now), 0
     for _, gi, idx, cost in cands:  # lowest mean score first; ties keep group order
         if taken >= k or est <= target:
@@ -81,10 +79,9 @@ def select(imp: GraphImportance, k: int, flops_now: float, target: float, floor:
         if est - cost < floor:
             continue
         picked[gi] += idx
-        saved[gi] += cost
         est -= cost
         taken += len(idx)
-    return [Cut(g, torch.tensor(sorted(p), dtype=torch.long), s) for g, p, s in zip(groups, picked, saved) if p]
+    return [Cut(g, torch.tensor(sorted(p), dtype=torch.long)) for g, p in zip(groups, picked) if p]
 
 
 def cut(imp: GraphImportance, target: float, k: int | None = None, tolerance: float = 0.01,
