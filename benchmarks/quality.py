@@ -41,6 +41,7 @@ from fxtaylor import datasets, job
 from fxtaylor.importance import TorchPruningImportance
 from fxtaylor.pruner import measure
 from fxtaylor.pruner.state import seed_everything
+from sections import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MILESTONES = (0.5, 0.25, 0.125)
@@ -249,13 +250,7 @@ def write_docs(results: dict, out: Path, doc: Path) -> None:
     for setting in ("direct", "transfer"):
         if setting in results:
             plot(results[setting], out / f"quality-{setting}.png")
-    begin, end = "<!-- quality:begin -->", "<!-- quality:end -->"
-    text = doc.read_text() if doc.exists() else f"# Results\n\n{begin}\n{end}\n"
-    if begin not in text:
-        text += f"\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    doc.write_text(f"{head}{begin}\n{markdown(results)}\n{end}{tail}")
+    replace_section(doc, "quality", markdown(results))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -287,3 +287,40 @@ def test_functional_op_and_module_twin_agree():
     maps = [[(fm.consumer, fm.node) for fm in graph.group_of("conv").feature_maps] for graph in graphs]
     assert maps == [[("fc", "mean")], [("fc", "mean")]]  # read once, after the relu and the pooling
     assert_dead_equivalent(randomize_norms(Relus(True)), X)
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt's two LayerNorms: a module over the last dim after a permute, and F.layer_norm
+    (LayerNorm2d's forward); a third normalises the spatial dim only."""
+
+    def __init__(self, functional):
+        super().__init__()
+        self.functional = functional
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 5, 3, padding=1)
+        self.ln = nn.LayerNorm(6)
+        self.c = nn.Conv1d(5, 4, 1)
+        self.ln_len = nn.LayerNorm(16 * 16)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.a(x).permute(0, 2, 3, 1)
+        y = F.layer_norm(y, (6,), self.ln.weight, self.ln.bias) if self.functional else self.ln(y)
+        y = self.b(y.permute(0, 3, 1, 2)).flatten(2)  # [N, 5, 256]
+        return self.fc(self.c(self.ln_len(y)).mean(2))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_layer_norm_freezes_the_channels_it_normalises(functional):
+    model = randomize_norms(ChannelsLast(functional))
+    graph = fxtaylor.trace(model, X)
+    g = graph.group_of("a")
+    assert not g.prunable and any("layer norm over these channels" in r for r in g.frozen), g.frozen
+    # why: a dead channel still enters the mean and variance of the kept ones, so pruning it
+    # moves the output; torch-pruning prunes it anyway
+    y = torch.randn(2, 6)
+    dead = y.clone()
+    dead[:, 0] = 0
+    assert not torch.allclose(F.layer_norm(dead, (6,))[:, 1:], F.layer_norm(dead[:, 1:], (5,)))
+    # channels on a dim the norm does not cover pass through it and stay prunable
+    assert graph.group_of("b").prunable
+    assert_dead_equivalent(model, X)

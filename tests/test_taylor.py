@@ -215,3 +215,45 @@ def test_in_place_change_after_read_is_an_error_not_a_wrong_score():
     imp = fxtaylor.TaylorImportance(model, X)
     with imp.observe(), pytest.raises(FxTaylorError, match="modified in place"):
         F.cross_entropy(model(torch.randn(2, 3, 12, 12)), torch.tensor([0, 1])).backward()
+
+
+class PositionBias(nn.Module):
+    """Swin-V2's continuous position bias in miniature: an MLP over a coordinate table (a buffer,
+    the same for every image) whose output is added to the image features. The MLP's hidden
+    channels are read by ``mlp2`` in a tensor whose dim 0 (1) is not the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = cbr(3, 6)
+        self.register_buffer("table", torch.randn(1, 9, 2))
+        self.mlp1, self.mlp2 = nn.Linear(2, 7), nn.Linear(7, 6)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        bias = self.mlp2(F.relu(self.mlp1(self.table)))  # [1, 9, 6]
+        h = F.adaptive_avg_pool2d(self.conv(x), 3).flatten(2).transpose(1, 2) + bias  # [N, 9, 6]
+        return self.fc(h.mean(1))
+
+
+def test_reads_without_an_example_dimension_share_the_batch_mean():
+    torch.manual_seed(0)
+    model = PositionBias().train()
+    data = batches([3, 5, 2])
+    imp = observed(model, data)
+    assert imp.examples == 10
+    hidden = imp.graph.group_of("mlp1").units
+    # expected for the hidden units: one gate per unit, shared by all examples of a batch;
+    # per batch the examples get the mean of Σ_n ∂ℓ_n/∂γ, so Θ = Σ_batches |Σ_n ∂ℓ_n/∂γ| / N / M
+    total = torch.zeros(7, dtype=torch.float64)
+    for x, y in data:
+        gate = torch.ones(7, requires_grad=True)
+        h = model.mlp2.register_forward_pre_hook(lambda m, a: (a[0] * gate,))
+        try:
+            (g,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), gate)
+        finally:
+            h.remove()
+        total += g.abs().double()
+    torch.testing.assert_close(imp.unit_scores()[hidden], total / 10 / 9, rtol=1e-5, atol=0)
+    # the units read per example are untouched by the shared read: still eq. 8 exactly
+    conv = imp.graph.group_of("conv.0").units
+    torch.testing.assert_close(imp.unit_scores()[conv], brute_force(model, data)[conv], rtol=1e-5, atol=0)

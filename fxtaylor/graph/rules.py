@@ -379,18 +379,17 @@ def prelu(c: Call) -> Ann:
 
 
 def layernorm(c: Call) -> Ann:
-    """LayerNorm over the last dims. Over one channel dim its affine follows the channels
-    (note: removing a channel changes the statistics of the others; see docs/graph.md)."""
-    m, x = c.module, c.args[0]
-    k = len(m.normalized_shape)
+    """LayerNorm (``nn.LayerNorm`` or ``F.layer_norm``) over the last dims. Channels on a
+    normalised dim are frozen: every output there depends on the mean and variance over all of
+    them, so a dead channel still shifts the others and removing it changes the model (the
+    dead-channel test fails; torch-pruning prunes them anyway). Channels on other dims pass."""
+    x = c.args[0]
+    shape = c.module.normalized_shape if c.module is not None else c.arg(1, "normalized_shape")
+    k = 1 if isinstance(shape, int) else len(shape)
     normed = set(range(x.dim() - k, x.dim()))
     for f in c.ann(0):
-        if set(f.dims) & normed and not (k == 1 and f.dims == (x.dim() - 1,)):
-            c.atoms.freeze(f.atoms, f"{c.name}: normalises over several dims")
-    if k == 1 and factor_on(c.ann(0), x.dim() - 1) is not None:
-        if m.elementwise_affine:
-            return _norm_on(c, x.dim() - 1, m.normalized_shape[0])
-        return c.ann(0)
+        if set(f.dims) & normed:
+            c.atoms.freeze(f.atoms, f"{c.name}: layer norm over these channels (removing one changes the statistics of the others)")
     return tuple(f for f in c.ann(0) if not set(f.dims) & normed)
 
 
@@ -489,6 +488,7 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     torch.amin: reduce,
     F.softmax: along_dim,
     F.log_softmax: along_dim,
+    F.layer_norm: layernorm,
     F.pad: pad,
     F.channel_shuffle: channel_shuffle,
     getattr: no_channels,

@@ -4,8 +4,9 @@ A feature map is a tensor in which a group's channels are read by a conv or line
 (``ChannelGraph.feature_maps``). :class:`Reads` installs one forward pre-hook per reading
 module and calls ``on_read(read, x)`` with the tensor it is about to read; the callback may
 return a replacement (the Taylor criterion returns ``x.view_as(x)``, a free view whose gradient
-is this reader's share alone). A hook on the root module marks the start of each forward pass,
-so a module called twice is told which of its calls is running.
+is this reader's share alone). A hook on the root module marks the start of each forward pass
+and tells its batch size (dim 0 of the first input), so a module called twice is told which of
+its calls is running, and a read whose dim 0 is not the batch can be recognised.
 
 Nothing here keeps a tensor alive: callbacks that need an activation at backward time keep it
 in the closure of a gradient hook, which lives and dies with the autograd graph.
@@ -81,7 +82,8 @@ class Reads:
     def _start(self, module, args):
         self.calls.clear()
         if self.on_forward is not None:
-            self.on_forward()
+            first = args[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() else None
+            self.on_forward(None if first is None else first.shape[0])
 
     def _hook(self, name: str):
         calls = self.reads[name]

@@ -16,6 +16,12 @@ which is the sum. docs/criterion.md compares it with the alternatives against th
 ``ℓ_n`` is example n's own loss. Autograd gives the gradient of the loss that was backpropagated;
 with ``loss_reduction="mean"`` (PyTorch's default) that is ``ℓ_n / N`` per example, so the
 gradient is multiplied by the batch size N; pass ``"sum"`` for a summed loss.
+
+Some reads have no example dimension: their dim 0 is not the batch of the forward pass (Swin-V2's
+continuous position bias is an MLP over a table of coordinates, the same for every image). Their
+gradient is already summed over the examples and cannot be split per example, so each example
+gets the batch mean of Σ g·z for them (exact for the sum over the batch, which is what ranking
+averages).
 """
 from __future__ import annotations
 
@@ -36,11 +42,11 @@ class _Pass:
 
     __slots__ = ("pending", "expected", "fired", "batch", "__weakref__")
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int) -> None:
         self.pending: torch.Tensor | None = None  # [N, n_units]
         self.expected = 0
         self.fired = 0
-        self.batch = 0
+        self.batch = batch
 
 
 class TaylorImportance(GraphImportance):
@@ -68,6 +74,7 @@ class TaylorImportance(GraphImportance):
         self._passes: weakref.WeakSet[_Pass] = weakref.WeakSet()
         self._scratch = _Scratch()
         self._current: _Pass | None = None
+        self._batch: int | None = None  # of the forward pass running now
 
     def has_state(self) -> bool:
         return self.examples > 0 or any(p.fired for p in self._passes)
@@ -97,27 +104,30 @@ class TaylorImportance(GraphImportance):
         finally:
             self._fold(partial=True)
 
-    def _on_forward(self) -> None:
+    def _on_forward(self, batch: int | None) -> None:
         self._fold(partial=True)
         self._current = None
+        self._batch = batch
 
     def _on_read(self, read: Read, x: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and x.requires_grad):
             return x  # evaluation pass: nothing to learn from
         if self._current is None:
-            self._current = _Pass()
+            # a model whose first input is not a batched tensor: the first read tells the batch
+            self._current = _Pass(self._batch if self._batch is not None else x.shape[0])
             self._passes.add(self._current)
         p = self._current
         p.expected += 1
         y = x.view_as(x)  # a node of its own: its gradient is this read's share only
         version = x._version
-        y.register_hook(self._grad_hook(p, read, x, version))
+        shared = read.dim == 0 or x.shape[0] != p.batch  # no example dimension (see module doc)
+        y.register_hook(self._grad_hook(p, read, x, version, shared))
         n, c = x.shape[0], x.shape[read.dim]
         spatial = x.numel() // max(n * c, 1)
         self.elements = torch.maximum(self.elements, read.per_unit_elements(spatial))
         return y
 
-    def _grad_hook(self, p: _Pass, read: Read, z: torch.Tensor, version: int):
+    def _grad_hook(self, p: _Pass, read: Read, z: torch.Tensor, version: int, shared: bool):
         # The pass lives as long as its autograd graph (the hooks hold it; the importance only
         # has a weak set). The autograd node holding this hook outlives backward while the
         # user keeps `loss`; the activation must not: the box is emptied once it was used.
@@ -134,12 +144,19 @@ class TaylorImportance(GraphImportance):
                     f"the input of {read.consumer} was modified in place after it was read; "
                     "the Taylor criterion needs its value at backward time"
                 )
-            gz = _per_position(g, z, read.dim, self._scratch)  # [N, positions], float32
-            if self.loss_reduction == "mean":
-                gz = gz * gz.shape[0]
+            if shared:
+                # the gradient is the loss's (Σ_n ℓ_n or its mean): give every example the mean
+                g, z, dim = (g.unsqueeze(0), z.unsqueeze(0), 1) if read.dim == 0 else (g, z, read.dim)
+                gz = _per_position(g, z, dim).sum(0, keepdim=True)
+                if self.loss_reduction == "sum":
+                    gz = gz / p.batch
+                gz = gz.expand(p.batch, -1)
+            else:
+                gz = _per_position(g, z, read.dim, self._scratch)  # [N, positions], float32
+                if self.loss_reduction == "mean":
+                    gz = gz * gz.shape[0]
             if p.pending is None:
-                p.pending = torch.zeros(gz.shape[0], self.sums.numel(), dtype=torch.float32, device=gz.device)
-                p.batch = gz.shape[0]
+                p.pending = torch.zeros(p.batch, self.sums.numel(), dtype=torch.float32, device=gz.device)
             p.pending.index_add_(1, read.targets, gz.index_select(1, read.index))
             p.fired += 1
             if p.fired == p.expected:
