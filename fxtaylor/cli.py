@@ -96,12 +96,30 @@ def _report():
 
 
 def prune(args: argparse.Namespace) -> int:
+    """Under torchrun (docs/distributed.md) every rank runs this; rank 0 writes and prints."""
+    from . import distributed
+
+    args.device = distributed.init_from_env(args.device)
+    try:
+        return _prune(args, distributed)
+    finally:
+        distributed.shutdown()
+
+
+def _prune(args: argparse.Namespace, distributed) -> int:
     from . import job
     from .pruner import prune as run_prune
     from .pruner.state import seed_everything
 
     t0 = time.perf_counter()
-    out = _run_dir(args)
+    main = distributed.is_main()
+    try:
+        out, error = _run_dir(args), None
+    except FxTaylorError as e:
+        out, error = None, str(e)
+    error = next((e for e in distributed.gather(error) if e is not None), None)  # all ranks stop, or none
+    if error is not None:
+        raise FxTaylorError(error)
     on_digits = args.data is None
     if args.updates_between_prunes is None:
         args.updates_between_prunes = 10 if on_digits else 30
@@ -109,9 +127,11 @@ def prune(args: argparse.Namespace) -> int:
         args.lr = 1e-3 if on_digits else 1e-4
     seed_everything(args.seed)
     work = job.build(args)  # bad model names and data folders fail here, before anything is written
-    if not args.resume:
+    if not args.resume and main:
         _start(out, args)
-    print(f"fxtaylor: {args.model} on {work.description}", file=sys.stderr)
+    if main:
+        where = f" on {distributed.world_size()} processes" if distributed.active() else ""
+        print(f"fxtaylor: {args.model} on {work.description}{where}", file=sys.stderr)
     opt = torch.optim.SGD(work.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     result = run_prune(
         work.model, work.train, target_flops=args.target_flops, optimizer=opt, val_loader=work.val,
@@ -120,9 +140,12 @@ def prune(args: argparse.Namespace) -> int:
         flops_reg=args.flops_reg, min_accuracy=args.min_accuracy, final_updates=args.final_updates,
         checkpoint_dir=out, resume=args.resume, seed=args.seed, arch=work.arch, progress=args.progress,
     )
+    if not main:
+        return 0
     result.save(out / "model.pt")
     rep = result.report(model_file="model.pt")
-    rep["config"].update(data=work.description, lr=args.lr, batch_size=args.batch_size, command=sys.argv[1:])
+    rep["config"].update(data=work.description, lr=args.lr, batch_size=args.batch_size, command=sys.argv[1:],
+                         processes=distributed.world_size())
     rep["timings"].update(finetune_s=work.finetune_s, total_s=time.perf_counter() - t0)  # the whole command
     files = _report().write(out, rep)
     print(_report().summary_table(rep))

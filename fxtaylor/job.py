@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from . import datasets, models, saving
+from . import datasets, distributed, models, saving
 from .errors import FxTaylorError
 
 
@@ -41,16 +42,42 @@ def cache_dir() -> Path:
 
 
 def build(args) -> Job:
-    """The job the command-line settings describe (model on ``args.device``)."""
-    if args.data is None:
-        return _digits(args)
-    return _folder(args)
+    """The job the command-line settings describe (model on ``args.device``). Under torchrun the
+    default job is built by rank 0 first (it may train and cache the model), then by the others
+    from the cache; ``--data`` jobs are built by all ranks together (fine-tuning runs in DDP)."""
+    make = _digits if args.data is None else _folder
+    if not distributed.active() or args.data is not None:
+        return make(args)
+    error, work = None, None
+    if distributed.is_main():
+        try:
+            work = make(args)
+        except FxTaylorError as e:
+            error = str(e)
+    error = distributed.broadcast(error)  # the others wait here for rank 0
+    if error is not None:
+        raise FxTaylorError(error)
+    return work if work is not None else make(args)
+
+
+def train_loader(dataset: Dataset, args, **kw) -> DataLoader:
+    """Shuffled batches of ``args.batch_size``; under torchrun each rank gets its own shard
+    (DistributedSampler, reshuffled every epoch), so ``--batch-size`` is per process."""
+    g = torch.Generator().manual_seed(args.seed)
+    if distributed.active():
+        # a shard's last batch can be tiny (digits: 674 examples per rank → a batch of 2), and
+        # BatchNorm over 2 examples of ResNet-18's 1×1 last stage wrecked a pruning run
+        # (94 % → 9 % accuracy after 7 steps): incomplete batches are dropped
+        kw["drop_last"] = True
+        sampler = DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True)
+        return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, generator=g, **kw)
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, generator=g, **kw)
 
 
 def _digits(args) -> Job:
     size = args.input_size or 32
-    g = torch.Generator().manual_seed(args.seed)
-    train = DataLoader(datasets.digits("train", size=size, channels=3), batch_size=args.batch_size, shuffle=True, generator=g)
+    train_set = datasets.digits("train", size=size, channels=3)
+    train = train_loader(train_set, args)
     val = DataLoader(datasets.digits("test", size=size, channels=3), batch_size=256)
     desc = f"digits (scikit-learn, {len(train.dataset)} train / {len(val.dataset)} test, {size}×{size})"
     epochs = 8 if args.finetune_epochs is None else args.finetune_epochs
@@ -63,7 +90,9 @@ def _digits(args) -> Job:
     model, arch = _with_weights(model, arch, args.weights)
     model.to(args.device)
     t = time.perf_counter()
-    finetune(model, train, epochs, args.finetune_lr, args.progress, "train on digits")
+    # trained once, in one process, on all the data: the cache is the same for any launch
+    whole = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed))
+    finetune(model, whole, epochs, args.finetune_lr, args.progress, "train on digits", ddp=False)
     spent = time.perf_counter() - t
     if args.weights is None:
         saving.save(model, cached, arch)
@@ -76,10 +105,9 @@ def _folder(args) -> Job:
     val_set = datasets.image_folder(args.data, "val", size, train=False)
     if train_set.classes != val_set.classes:
         raise FxTaylorError(f"--data {args.data}: train/ and val/ have different class folders")
-    g = torch.Generator().manual_seed(args.seed)
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
     kw = {"num_workers": workers, "pin_memory": args.device.startswith("cuda"), "persistent_workers": workers > 0}
-    train = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=g, drop_last=True, **kw)
+    train = train_loader(train_set, args, drop_last=True, **kw)
     val = DataLoader(val_set, batch_size=args.batch_size * 2, **kw)
     model, arch = models.build_named(args.model, num_classes=len(train_set.classes))
     model, arch = _with_weights(model, arch, args.weights)
@@ -133,20 +161,25 @@ def load_matching(model: nn.Module, state: dict) -> list[str]:
     return sorted(set(own) - set(ok))
 
 
-def finetune(model: nn.Module, loader: DataLoader, epochs: int, lr: float, progress: bool, desc: str) -> None:
+def finetune(model: nn.Module, loader: DataLoader, epochs: int, lr: float, progress: bool, desc: str, ddp: bool = True) -> None:
     """SGD (momentum 0.9, wd 5e-4) with a one-cycle learning rate peaking at ``lr``: converges
-    in a few epochs from scratch or from pretrained weights."""
+    in a few epochs from scratch or from pretrained weights. Under torchrun (and ``ddp``) in
+    DistributedDataParallel, each rank on its shard of the loader."""
     if epochs <= 0:
         return
+    net = distributed.wrap(model, None) if ddp else model
+    progress = progress and distributed.is_main()
     device = next(model.parameters()).device
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     with tqdm(total=epochs * len(loader), desc=desc, unit="batch", disable=not progress) as bar:
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
             for x, y in loader:
-                loss = loss_fn(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+                loss = loss_fn(net(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

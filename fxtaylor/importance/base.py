@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .. import flops
+from .. import distributed, flops
 from ..errors import FxTaylorError
 from ..graph import ChannelGraph, ChannelGroup, trace
 from ..graph.atoms import PRODUCER
@@ -81,6 +81,22 @@ class GraphImportance(tp.importance.Importance):
 
     def reset(self) -> None:
         """Forget every observation (criteria with none have nothing to forget)."""
+
+    REDUCE: dict[str, str] = {}
+    """Observation accumulators and how ranks combine them (``"sum"`` or ``"max"``): under
+    torch.distributed each rank observes its own shard of the data."""
+
+    def all_reduce(self) -> None:
+        """Combine every rank's observations (the union of their examples), in place, so that
+        every rank ranks the same scores. A collective call: once per observation window, on
+        every rank, before ranking. Nothing happens outside torch.distributed."""
+        if not distributed.active():
+            return
+        for name, op in self.REDUCE.items():
+            v = getattr(self, name)
+            t = v.clone() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64, device=self.device)
+            distributed.all_reduce_(t, op)
+            setattr(self, name, t if isinstance(v, torch.Tensor) else type(v)(t.item()))
 
     def state_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.STATE}

@@ -58,6 +58,8 @@ class _ActivationStats(GraphImportance):
         self.s2 = torch.zeros_like(self.s1)
         self.count = torch.zeros_like(self.s1)
 
+    REDUCE = {"s1": "sum", "s2": "sum", "count": "sum"}
+
     def has_state(self) -> bool:
         return bool(self.count.sum() > 0)
 

@@ -64,6 +64,11 @@ class TaylorImportance(GraphImportance):
     # -- state -------------------------------------------------------------------------------
 
     STATE = ("sums", "examples", "elements")
+    REDUCE = {"sums": "sum", "examples": "sum", "elements": "max"}
+
+    def all_reduce(self) -> None:
+        self._fold(partial=True)
+        super().all_reduce()
 
     def reset(self) -> None:
         """Forget every observation (call after each pruning step, as the paper does)."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .. import flops, models, optim, saving
+from .. import distributed, flops, models, optim, saving
 from ..errors import FxTaylorError
 from ..graph import trace
 from ..importance import (
@@ -104,6 +104,13 @@ def prune(
     torch-pruning criterion through :class:`fxtaylor.importance.TorchPruningImportance` — all
     inside the same loop, for comparisons at equal fine-tuning budget. ``on_step(record)`` is
     called after each step's checkpoint.
+
+    Distributed (torchrun, docs/distributed.md): call ``prune`` on every rank with the same
+    model (bare or in ``DistributedDataParallel``), settings and a loader with a
+    ``DistributedSampler``. Every rank's criterion is all-reduced before ranking, every rank
+    removes the same channels, the DDP wrapper is rebuilt after each cut (the one passed in is
+    spent after the first: use ``result.model``, the bare module), and only rank 0 writes the
+    checkpoint.
     """
     inputs.check(target_flops, flops_reg, updates_between_prunes, maps_per_prune, min_accuracy,
                  val_loader, evaluate, eval_every, final_updates, tolerance, checkpoint_dir, resume)
@@ -118,6 +125,9 @@ def prune(
         state.seed_everything(seed)
         if isinstance(getattr(train_loader, "generator", None), torch.Generator):
             train_loader.generator.manual_seed(seed)  # it shuffles, not the global RNG
+    ddp = model if distributed.is_ddp(model) else None  # the user's wrapper: used until the first cut
+    model, ddp_kwargs = distributed.unwrap(model)
+    progress = progress and distributed.is_main()  # one set of bars, not one per rank
     example = inputs.first_batch(train_loader)[0][:1].to(measure.device_of(model))
     run = _Run(model, train_loader, example, locals())
     return run.execute(ckpt)
@@ -162,6 +172,11 @@ class _Run:
         if factory is TaylorImportance:
             kwargs["loss_reduction"] = "sum" if reduction == "sum" else "mean"
         self.imp = factory(self.model, self.example, **kwargs)
+        self._check_same_on_every_rank(graph)
+        if a["ddp"] is not None and ckpt is None:
+            self.train_model = a["ddp"]  # a second wrapper would put a second set of hooks on every parameter
+        else:  # (on resume the user's wrapper holds the unpruned parameters: replaced)
+            self.train_model = distributed.wrap(self.model, a["ddp_kwargs"], a["ddp"])
         if ckpt is None:
             self._check_reachable()
             self.opt = self.opt or optim.paper_sgd(self.model)
@@ -176,6 +191,16 @@ class _Run:
         result = self._loop()
         self.timings = {"prune_s": time.perf_counter() - t_prune}
         return self._finish(result)
+
+    def _check_same_on_every_rank(self, graph) -> None:
+        """Under torch.distributed: the ranks must agree on the model and the settings that
+        decide when they meet in a collective, or the first one would hang."""
+        a = self.a
+        settings = (a["target_flops"], a["updates_between_prunes"], a["maps_per_prune"], a["flops_per_prune"], a["round_to"],
+                    a["flops_reg"], str(a["criterion"]), a["checkpoint_dir"] is None, a["eval_every"], a["final_updates"],
+                    a["min_accuracy"], a["val_loader"] is None and a["evaluate"] is None, len(graph.groups))
+        distributed.check_same("model architecture", distributed.arch_hash(self.model))
+        distributed.check_same("pruning settings", repr(settings))
 
     def _check_reachable(self) -> None:
         groups = self.imp.graph.prunable_groups
@@ -213,8 +238,12 @@ class _Run:
         self.imp.load_state_dict(ckpt["importance"])
         self.before, self.history, self.k = ckpt["before"], ckpt["history"], ckpt["maps_per_prune"]
         self.t0 -= self.history[-1]["time_s"]
-        self.batches.restore(ckpt["data"])
-        state.set_rng_state(ckpt["rng"])
+        mine = ckpt.get("ranks", [{"rng": ckpt["rng"], "data": ckpt["data"]}])
+        if len(mine) != distributed.world_size():
+            raise FxTaylorError(f"the checkpoint was written by {len(mine)} process(es), this run has {distributed.world_size()}")
+        mine = mine[distributed.rank()]
+        self.batches.restore(mine["data"])
+        state.set_rng_state(mine["rng"])
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -231,7 +260,9 @@ class _Run:
                 step = len(self.history)
                 loss = self._updates(a["updates_between_prunes"], step, observe=True)
                 snapshot = copy.deepcopy((self.model, self.opt, self.removed)) if a["min_accuracy"] is not None else None
+                self.imp.all_reduce()  # every rank ranks the union of the examples
                 removed = self._cut()
+                self.train_model = distributed.wrap(self.model, a["ddp_kwargs"], self.train_model)  # new parameter shapes
                 self.imp.reset()
                 if removed == 0:
                     band = self.imp.total_flops() <= self.target * (1 + a["tolerance"])
@@ -244,6 +275,7 @@ class _Run:
                     rec["reverted"] = True
                     self.history.append(rec)
                     self.model, self.opt, self.removed = snapshot
+                    self.train_model = distributed.wrap(self.model, a["ddp_kwargs"], self.train_model)
                     return False, f"accuracy floor: step {step} gave {acc:.2%} < {a['min_accuracy']:.2%}"
                 self.history.append(rec)
                 self._checkpoint()
@@ -265,8 +297,11 @@ class _Run:
         with ctx:
             for u in bar:
                 x, y = self.batches.next()[:2]
-                loss = self.loss_fn(self.model(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True))
+                loss = self.loss_fn(self.train_model(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True))
                 value = loss.detach().item()
+                if distributed.active():  # a rank must not stop alone: the others would wait for it forever
+                    bad = torch.tensor([float(not math.isfinite(value))], dtype=torch.float64, device=self.device)
+                    value = math.nan if distributed.all_reduce_(bad, "max").item() else value
                 if not math.isfinite(value):
                     where = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path and self.ckpt_path.exists() else "no checkpoint was written"
                     raise FxTaylorError(f"the loss became {value} at step {step}, update {u + 1}; stopped ({where})")
@@ -283,16 +318,20 @@ class _Run:
         else:
             gone = cut(self.imp, self.target, self.k, self.a["tolerance"], self.opt, self.a["round_to"])
         self.removed += gone
+        # identical scores and a deterministic ranking make this hold; checked, never assumed
+        distributed.check_same("channels removed", repr(gone))
         return len(gone)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _evaluate(self) -> float | None:
+        """Accuracy; under torch.distributed, rank 0's (one rank decides the accuracy floor)."""
+        acc = None
         if self.a["evaluate"] is not None:
-            return float(self.a["evaluate"](self.model))
-        if self.a["val_loader"] is not None:
-            return measure.accuracy(self.model, self.a["val_loader"])
-        return None
+            acc = float(self.a["evaluate"](self.model))
+        elif self.a["val_loader"] is not None:
+            acc = measure.accuracy(self.model, self.a["val_loader"])
+        return distributed.broadcast(acc)
 
     def _record(self, step: int | str, removed: int, loss: float | None, acc: float | None) -> dict[str, Any]:
         return {
@@ -309,13 +348,16 @@ class _Run:
     def _checkpoint(self) -> None:
         if self.ckpt_path is None:
             return
+        ranks = distributed.gather({"rng": state.rng_state(), "data": self.batches.position()})
+        if not distributed.is_main():
+            return
         imp = self.imp
         saving.atomic_save({
             "format": CHECKPOINT_FORMAT, "arch": self.arch(),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(),
             "importance": {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in imp.state_dict().items()},
-            "rng": state.rng_state(), "data": self.batches.position(),
+            "rng": ranks[0]["rng"], "data": ranks[0]["data"], "ranks": ranks,
             "before": self.before, "history": self.history, "maps_per_prune": self.k,
         }, self.ckpt_path)
 

@@ -65,7 +65,7 @@ class Batches:
         for _ in range(2):
             if self._it is None:
                 self._epoch_rng = self._rng()
-                self._it = iter(self.loader)
+                self._start_epoch()
             try:
                 batch = next(self._it)
             except StopIteration:
@@ -75,6 +75,12 @@ class Batches:
             self.index += 1
             return batch
         raise RuntimeError("the training loader became empty")  # checked non-empty up front
+
+    def _start_epoch(self) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle every epoch, the same on every rank
+            sampler.set_epoch(self.epoch)
+        self._it = iter(self.loader)
 
     def _generator(self) -> torch.Generator | None:
         """A DataLoader given ``generator=`` shuffles with it, not with the global RNG."""
@@ -100,7 +106,7 @@ class Batches:
         if "loader" in position["epoch_rng"]:
             self._generator().set_state(position["epoch_rng"]["loader"])
         self._epoch_rng = position["epoch_rng"]
-        self._it = iter(self.loader)
+        self._start_epoch()
         for _ in range(position["index"]):
             next(self._it)
         self.index = position["index"]
