@@ -345,7 +345,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--timm", action="store_true", help="timm's representative list instead (needs timm)")
     p.add_argument("--tools", nargs="+", choices=list(TOOLS), default=list(TOOLS))
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--timeout", type=float, default=600, help="seconds per model and tool")
+    p.add_argument("--timeout", type=float, default=300, help="seconds per model and tool [300]")
+    p.add_argument("--max-rss-gib", type=float, default=12, help="kill a child above this resident memory [12]")
     p.add_argument("--doc", default=None, help="write the table here (docs/zoo.md); rows are kept in its .json")
     p.add_argument("--redo", action="store_true", help="recompute rows already in the .json")
     args = p.parse_args(argv)
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
         for tool in args.tools:
             if tool in r and not args.redo:
                 continue
-            r[tool] = isolated(TOOLS[tool], name, args.size, args.timeout)
+            r[tool] = isolated(TOOLS[tool], name, args.size, args.timeout, args.max_rss_gib * 1024)
             print(f"{name} {tool}: {_status(r[tool])} ({r[tool].get('seconds', '–')} s, {r[tool].get('peak_mib', '–')} MiB)", flush=True)
             if store:
                 tmp = store.with_suffix(".tmp")

@@ -4,7 +4,10 @@ Each test spawns the ranks (``torch.multiprocessing``), which write what they ho
 the test process compares. A rank that hangs fails the test through the join timeout.
 """
 import datetime
+import json
 import os
+import subprocess
+import sys
 import traceback
 
 import torch
@@ -233,3 +236,18 @@ def test_a_rank_with_another_model_gets_a_clear_error_not_a_hang(tmp_path):
         assert "disagree on the model architecture" in r.get("error", ""), r
         assert "rank(s) [1]" in r["error"]
 
+
+
+def test_torchrun_runs_the_command_on_two_processes(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "FXTAYLOR_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD), "-m", "fxtaylor", "prune",
+           "--no-progress", "--out", str(out), "--target-flops", "0.9", "--finetune-epochs", "1", "--updates-between-prunes", "3"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("stop reason") == 1  # rank 0 alone prints the summary
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["processes"] == WORLD
+    assert report["after"]["flops"] <= 0.9 * report["before"]["flops"]
+    pruned = fxtaylor.load(out / "model.pt")
+    assert fxtaylor.flops.count(pruned, torch.randn(1, 3, 32, 32))[0] == report["after"]["flops"]
