@@ -94,6 +94,8 @@ _FROZEN_LABELS = [
     ("layer norm over these channels", "layer norm over channels"),
     ("group reads channels that cannot be pruned", "reads frozen channels"),
     ("channels broadcast or mixed", "mixed with other dims"),
+    ("selects channels by a fixed index", "fixed channel index"),
+    ("fixed-size split", "fixed-size split"),
     ("GroupNorm", "GroupNorm"),
     ("LocalResponseNorm", "LocalResponseNorm"),
 ]

@@ -26,3 +26,23 @@ def test_isolated_child_reports_a_row_and_its_failures():
     assert ok["status"] == "pass" and ok["peak_mib"] > 0
     bad = zoo.isolated("fxtaylor_row", "no_such_model", 64, timeout=300)
     assert bad["status"] == "fail" and "no_such_model" in bad["reason"]
+
+
+# timm (a dev extra): ops torchvision lacks. BatchNormAct2d and timm's Linear are traced as the
+# torch.nn modules they subclass (fxtaylor.graph.rules.KNOWN_LEAVES); CSPNet splits channels.
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv3_large_100", "cspresnet50"])
+def test_timm_model_prunes_end_to_end(name):
+    pytest.importorskip("timm")
+    row = zoo.fxtaylor_row("timm/" + name, size=64)
+    assert row["status"] == "pass", row
+    assert row["prunable_groups"] >= 10 and row["dead_channel_rel"] <= 1e-5
+
+
+def test_known_leaf_only_when_its_extra_parts_are_channel_agnostic():
+    timm = pytest.importorskip("timm")
+    import torch.nn as nn
+
+    from fxtaylor.graph.rules import known_leaf
+
+    assert known_leaf(timm.layers.BatchNormAct2d(8))  # BN + ReLU
+    assert not known_leaf(timm.layers.BatchNormAct2d(8, act_layer=nn.PReLU))  # weights per channel: traced into

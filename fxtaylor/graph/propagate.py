@@ -35,7 +35,7 @@ class _Tracer(fx.Tracer):
         self.failed_in: tuple[str, str] | None = None  # innermost module when tracing failed
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if self.is_user_leaf(m, qualname):
+        if self.is_user_leaf(m, qualname) or rules.known_leaf(m):
             return True
         return super().is_leaf_module(m, qualname)
 

@@ -538,6 +538,29 @@ BROADCAST_FUNCS = frozenset(_TIE_FUNCS)
 BROADCAST_METHODS = frozenset(_TIE_METHODS)
 
 
+def _channelwise_parts(m: nn.Module) -> bool:
+    """Every submodule is an activation or dropout that treats channels alike."""
+    return all(isinstance(c, _ACTIVATIONS + _DROPOUTS) for c in m.children())
+
+
+#: Library subclasses of torch.nn modules that fx would trace into (they are not in torch.nn)
+#: but that are, channel for channel, the module they subclass: they are traced as leaves and
+#: get their base class's rule and surgery. Row: qualified class name → a check on the
+#: instance. timm's BatchNormAct2d is BatchNorm2d followed by a drop and an activation (only
+#: when those are channel-agnostic; a PReLU would have weights per channel); its Linear casts
+#: dtypes around F.linear.
+KNOWN_LEAVES: dict[str, Callable[[nn.Module], bool]] = {
+    "timm.layers.norm_act.BatchNormAct2d": _channelwise_parts,
+    "timm.layers.linear.Linear": lambda m: True,
+}
+
+
+def known_leaf(module: nn.Module) -> bool:
+    t = type(module)
+    check = KNOWN_LEAVES.get(f"{t.__module__}.{t.__qualname__}")
+    return check is not None and check(module)
+
+
 def lookup_module(module: nn.Module) -> Rule | None:
     for t in type(module).__mro__:
         if t in MODULE_RULES:
