@@ -324,3 +324,19 @@ def test_layer_norm_freezes_the_channels_it_normalises(functional):
     # channels on a dim the norm does not cover pass through it and stay prunable
     assert graph.group_of("b").prunable
     assert_dead_equivalent(model, X)
+
+
+def test_swapaxes_is_followed_like_transpose():
+    class Swap(nn.Module):  # MaxViT's partition code moves channels last with swapaxes
+        def __init__(self):
+            super().__init__()
+            self.a, self.fc1, self.fc2 = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 10), nn.Linear(10, 4)
+
+        def forward(self, x):
+            y = torch.relu(self.fc1(self.a(x).swapaxes(1, -1)))
+            return self.fc2(torch.swapaxes(y, 1, -1).mean((2, 3)).unsqueeze(1)).squeeze(1)
+
+    model = Swap()
+    graph = fxtaylor.trace(model, X)
+    assert graph.group_of("a").prunable and graph.group_of("fc1").prunable
+    assert_dead_equivalent(model, X)

@@ -467,7 +467,7 @@ _TIE_FUNCS = (
     torch.maximum, torch.minimum,
 )
 _SHAPE_FUNCS = (
-    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.t, torch.unsqueeze,
+    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.t, torch.unsqueeze,
     torch.squeeze, torch.movedim, torch.unflatten, torch.roll, torch.flip, torch.narrow,
 )
 
@@ -507,7 +507,7 @@ METHOD_RULES: dict[str, Rule] = {
     )},
     **{m: elementwise for m in _TIE_METHODS},
     **{m: shape_op for m in (
-        "view", "reshape", "flatten", "permute", "transpose", "t", "unsqueeze", "squeeze",
+        "view", "reshape", "flatten", "permute", "transpose", "swapaxes", "swapdims", "t", "unsqueeze", "squeeze",
         "expand", "expand_as", "movedim", "unflatten", "roll", "flip", "narrow", "repeat",
     )},
     "chunk": chunk,
