@@ -68,10 +68,12 @@ def wrap(model: nn.Module, ddp_kwargs: dict[str, Any] | None, old: nn.Module | N
     """``model`` wrapped for training: in DDP when distributed (the user's settings, or the
     device's defaults), bare otherwise. A collective call: every rank must make it.
 
-    ``old``: the wrapper this one replaces. Its reducer's gradient hooks are removed first:
-    they stay on every parameter it saw for as long as the reducer lives, and a stale reducer
-    writes its own bucket contents back into the gradients of the parameters that survived a
-    cut (measured: ResNet-18 on digits fell to 9 % accuracy after 7 steps)."""
+    ``old``: the wrapper this one replaces. Its reducer's gradient hooks are removed first: a
+    reducer keeps them on every parameter it saw for as long as it lives, so every wrapper ever
+    built would fire on the parameters that survived all cuts, and one whose bucket holds only
+    such parameters would launch all-reduces of its own. A precaution: with the hooks left in
+    place, the tests still gave the single-process weights (small models fill one bucket, which
+    never completes)."""
     if isinstance(old, DDP):
         old._remove_autograd_hooks()  # the one DDP method for this (private in torch 2.14)
     if not active():
