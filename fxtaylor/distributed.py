@@ -71,7 +71,7 @@ def wrap(model: nn.Module, ddp_kwargs: dict[str, Any] | None, old: nn.Module | N
     ``old``: the wrapper this one replaces. Its reducer's gradient hooks are removed first: a
     reducer keeps them on every parameter it saw for as long as it lives, so every wrapper ever
     built would fire on the parameters that survived all cuts, and one whose bucket holds only
-    such parameters would launch all-reduces of its own. A precaution: with the hooks left in
+    such parameters could launch all-reduces of its own. A precaution: with the hooks left in
     place, the tests still gave the single-process weights (small models fill one bucket, which
     never completes)."""
     if isinstance(old, DDP):
