@@ -38,8 +38,6 @@ BUDGET_MIB = 4096  # memory beyond the built model, to trace and prune
 ROOT = Path(__file__).resolve().parents[1]
 TIMM = ["resnet50d", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "regnety_008", "rexnet_100",
         "cspresnet50", "dla34", "hrnet_w18_small"]
-#: models that need leaf modules to be traced (none in torchvision or the timm list so far)
-LEAF_MODULES: dict[str, list] = {}
 
 
 def _model(name: str):
@@ -120,8 +118,10 @@ def fxtaylor_row(name: str, size: int = 224, batches: int = 2, batch_size: int =
     import torch.nn.functional as F
 
     import fxtaylor
-    from fxtaylor.graph.check import dead_channel_diff
     from fxtaylor.pruner.select import cut
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tp_compare import fx_dead
 
     torch.manual_seed(seed)
     mem = Memory()
@@ -131,8 +131,7 @@ def fxtaylor_row(name: str, size: int = 224, batches: int = 2, batch_size: int =
     x = torch.randn(1, 3, s, s)
     built = mem.now()
     mem.reset()
-    leaf = {"leaf_modules": LEAF_MODULES[name]} if name in LEAF_MODULES else {}
-    imp = fxtaylor.TaylorImportance(model, x, **leaf)
+    imp = fxtaylor.TaylorImportance(model, x)
     overhead = mem.peak() - built
     groups = imp.graph.groups
     prunable = imp.graph.prunable_groups
@@ -147,10 +146,10 @@ def fxtaylor_row(name: str, size: int = 224, batches: int = 2, batch_size: int =
         g = prunable[int(torch.randint(len(prunable), ()))]
         k = max(1, min(g.num_prunable, g.size // 4))
         chans = torch.randperm(g.size)[:k].tolist()
-        diff, same = dead_channel_diff(model, x, g.index, chans, **leaf)
-        row["dead_channel_rel"] = diff / max(float(ref.abs().max()), 1.0)
-        if not same or row["dead_channel_rel"] > 1e-5:
-            return {**row, "status": "fail", "reason": f"dead-channel test: rel. diff {row['dead_channel_rel']:.1e}"}
+        dead = fx_dead(model, x, g.index, chans, scale=float(ref.abs().max()))
+        row["dead_channel_rel"] = dead.rel
+        if not dead.passed:
+            return {**row, "status": "fail", "reason": f"dead-channel test: {dead}"}
     model.train()
     mem.reset()
     before_observe = mem.now()
@@ -180,10 +179,11 @@ def fxtaylor_row(name: str, size: int = 224, batches: int = 2, batch_size: int =
     return _verdict(row, out.shape, ref.shape, f1 / f0)
 
 
-def _verdict(row: dict, shape, want, ratio: float) -> dict:
+def _verdict(row: dict, shape, want, ratio: float | None) -> dict:
+    """Output shape, FLOPs within 1 % of the target (``ratio`` None: not asked), memory budget."""
     if shape != want:
         return {**row, "status": "fail", "reason": f"output shape {tuple(shape)}, expected {tuple(want)}"}
-    if not TARGET * 0.99 <= ratio <= TARGET * 1.01:
+    if ratio is not None and not TARGET * 0.99 <= ratio <= TARGET * 1.01:
         return {**row, "status": "fail", "reason": f"FLOPs {ratio:.3f} of the original, target {TARGET}"}
     if row["overhead_mib"] > BUDGET_MIB:
         return {**row, "status": "fail", "reason": f"{row['overhead_mib']} MiB beyond the model to trace and prune"}
@@ -244,7 +244,7 @@ def tp_row(name: str, size: int = 224, seed: int = 0, max_steps: int = 50) -> di
     if f1 > TARGET * f0:
         return {**row, "status": "fail", "reason": f"stopped at {f1 / f0:.3f} of the FLOPs"}
     # torch-pruning steps by channel ratio, not to a FLOPs target: its last step may overshoot
-    return _verdict(row, out.shape, ref.shape, TARGET) | {"flops_ratio": f1 / f0}
+    return _verdict({**row, "flops_ratio": f1 / f0}, out.shape, ref.shape, None)
 
 
 def _child(fn_name: str, name: str, size: int, queue) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .errors import FxTaylorError
 from .files import atomic_write
 
@@ -97,16 +98,14 @@ def _report():
 
 def prune(args: argparse.Namespace) -> int:
     """Under torchrun (docs/distributed.md) every rank runs this; rank 0 writes and prints."""
-    from . import distributed
-
     args.device = distributed.init_from_env(args.device)
     try:
-        return _prune(args, distributed)
+        return _prune(args)
     finally:
         distributed.shutdown()
 
 
-def _prune(args: argparse.Namespace, distributed) -> int:
+def _prune(args: argparse.Namespace) -> int:
     from . import job
     from .pruner import prune as run_prune
     from .pruner.state import seed_everything

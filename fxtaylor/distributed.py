@@ -68,14 +68,8 @@ def wrap(model: nn.Module, ddp_kwargs: dict[str, Any] | None, old: nn.Module | N
     """``model`` wrapped for training: in DDP when distributed (the user's settings, or the
     device's defaults), bare otherwise. A collective call: every rank must make it.
 
-    ``old``: the wrapper this one replaces. Its reducer's gradient hooks are removed first: a
-    reducer keeps them on every parameter it saw for as long as it lives, so every wrapper ever
-    built would fire on the parameters that survived all cuts, and one whose bucket holds only
-    such parameters could launch all-reduces of its own. A precaution: with the hooks left in
-    place, the tests still gave the single-process weights (small models fill one bucket, which
-    never completes)."""
-    if isinstance(old, DDP):
-        old._remove_autograd_hooks()  # the one DDP method for this (private in torch 2.14)
+    ``old``: the wrapper this one replaces, released first (:func:`release`)."""
+    release(old)
     if not active():
         return model
     if ddp_kwargs is None:
@@ -84,23 +78,29 @@ def wrap(model: nn.Module, ddp_kwargs: dict[str, Any] | None, old: nn.Module | N
     return DDP(model, **ddp_kwargs)
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(repr(obj).encode()).hexdigest()[:16]
+def release(wrapper: nn.Module | None) -> None:
+    """Remove a DDP wrapper's gradient hooks (nothing for anything else). A reducer keeps them
+    on every parameter it saw for as long as it lives, so every wrapper ever built would fire on
+    the parameters that survived all cuts, and one whose bucket holds only such parameters could
+    launch all-reduces of its own. A precaution: with the hooks left in place, the tests still
+    gave the single-process weights (small models fill one bucket, which never completes)."""
+    if isinstance(wrapper, DDP):
+        wrapper._remove_autograd_hooks()  # the one DDP method for this (private in torch 2.14)
 
 
-def arch_hash(model: nn.Module) -> str:
+def architecture(model: nn.Module) -> list:
     """Names, shapes and dtypes of every parameter and buffer: equal iff the ranks hold the
     same architecture (the weights themselves are DDP's business)."""
-    return _hash([(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()])
+    return [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
 
 
-def check_same(what: str, value: str) -> None:
-    """Raise the same clear error on every rank if the ranks' ``value`` differ (e.g. an
-    architecture hash). A collective call, so every rank gets past it or fails together."""
+def check_same(what: str, value: Any) -> None:
+    """Raise the same clear error on every rank if the ranks' ``value`` differ (an
+    architecture, settings, the units removed); a hash of its ``repr`` is what travels. A
+    collective call, so every rank gets past it or fails together."""
     if not active():
         return
-    values: list[str | None] = [None] * world_size()
-    dist.all_gather_object(values, value)
+    values = gather(hashlib.sha256(repr(value).encode()).hexdigest())
     if len(set(values)) > 1:
         odd = [r for r, v in enumerate(values) if v != values[0]]
         raise FxTaylorError(
@@ -154,5 +154,5 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["active", "rank", "world_size", "is_main", "is_ddp", "unwrap", "wrap", "arch_hash", "check_same", "all_reduce_",
+__all__ = ["active", "rank", "world_size", "is_main", "is_ddp", "unwrap", "wrap", "release", "architecture", "check_same", "all_reduce_",
            "broadcast", "gather", "init_from_env", "shutdown"]

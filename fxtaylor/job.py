@@ -60,11 +60,12 @@ def build(args) -> Job:
     return work if work is not None else make(args)
 
 
-def train_loader(dataset: Dataset, args, **kw) -> DataLoader:
-    """Shuffled batches of ``args.batch_size``; under torchrun each rank gets its own shard
-    (DistributedSampler, reshuffled every epoch), so ``--batch-size`` is per process."""
+def train_loader(dataset: Dataset, args, shard: bool = True, **kw) -> DataLoader:
+    """Shuffled batches of ``args.batch_size``; under torchrun (and ``shard``) each rank gets
+    its own shard (DistributedSampler, reshuffled every epoch), so ``--batch-size`` is per
+    process."""
     g = torch.Generator().manual_seed(args.seed)
-    if distributed.active():
+    if shard and distributed.active():
         # a shard's last batch can be tiny (digits: 674 examples per rank → a batch of 2), and
         # BatchNorm over 2 examples of ResNet-18's 1×1 last stage wrecked a pruning run
         # (94 % → 9 % accuracy after 7 steps): incomplete batches are dropped
@@ -91,7 +92,7 @@ def _digits(args) -> Job:
     model.to(args.device)
     t = time.perf_counter()
     # trained once, in one process, on all the data: the cache is the same for any launch
-    whole = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed))
+    whole = train_loader(train_set, args, shard=False)
     finetune(model, whole, epochs, args.finetune_lr, args.progress, "train on digits", ddp=False)
     spent = time.perf_counter() - t
     if args.weights is None:
@@ -186,3 +187,4 @@ def finetune(model: nn.Module, loader: DataLoader, epochs: int, lr: float, progr
                 sched.step()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+    distributed.release(net)  # the pruning loop builds its own wrapper

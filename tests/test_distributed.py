@@ -82,8 +82,8 @@ def _criterion(rank, out):
     return {"scores": imp.unit_scores(), "local": local, "examples": imp.examples}
 
 
-def _prune(rank, out, stop_after=None, resume=False, width=None):
-    net = model(width if width is not None and rank == 1 else 8)
+def _prune(rank, out, stop_after=None, resume=False):
+    net = model()
     ds = data()
     sampler = DistributedSampler(ds, shuffle=True, seed=0)
     loader = DataLoader(ds, batch_size=4, sampler=sampler)
@@ -94,10 +94,9 @@ def _prune(rank, out, stop_after=None, resume=False, width=None):
         if stop_after is not None and rec["step"] == stop_after:
             raise KeyboardInterrupt
 
-    wrapped = DDP(net) if width is None else net  # a user's DDP model, or a bare one
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     try:
-        res = fxtaylor.prune(wrapped, loader, target_flops=0.6, optimizer=opt, updates_between_prunes=3, maps_per_prune=2,
+        res = fxtaylor.prune(DDP(net), loader, target_flops=0.6, optimizer=opt, updates_between_prunes=3, maps_per_prune=2,
                              checkpoint_dir=os.path.join(out, "ckpt"), resume=resume, seed=0, measure_latency=False,
                              progress=False, on_step=on_step)
     except KeyboardInterrupt:
@@ -131,13 +130,28 @@ def _plain_run(rank, out, world=WORLD):
     return {"state": {k: v.clone() for k, v in res.model.state_dict().items()}, "steps": len(res.history)}
 
 
+def _mismatch(rank, out):
+    """Rank 1 builds another width: the error, and the model and run directory untouched."""
+    net = model(6 if rank == 1 else 8)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loader = DataLoader(data(), batch_size=4, sampler=DistributedSampler(data(), shuffle=True, seed=0))
+    try:
+        fxtaylor.prune(net, loader, target_flops=0.6, updates_between_prunes=3, checkpoint_dir=os.path.join(out, "ckpt"),
+                       measure_latency=False, progress=False)
+    except fxtaylor.errors.FxTaylorError as e:
+        after = net.state_dict()
+        return {"error": str(e), "intact": before.keys() == after.keys() and all(torch.equal(v, after[k]) for k, v in before.items()),
+                "files": os.listdir(out)}
+    return {"no error": True}
+
+
 TASKS = {
     "plain": _plain_run,
+    "mismatch": _mismatch,
     "criterion": _criterion,
     "prune": _prune,
     "interrupt": lambda r, o: _prune(r, o, stop_after=2),
     "resume": lambda r, o: _prune(r, o, resume=True),
-    "mismatch": lambda r, o: _prune(r, o, width=6),
 }
 
 
@@ -235,6 +249,7 @@ def test_a_rank_with_another_model_gets_a_clear_error_not_a_hang(tmp_path):
     for r in ranks:
         assert "disagree on the model architecture" in r.get("error", ""), r
         assert "rank(s) [1]" in r["error"]
+        assert r["intact"] and "ckpt" not in r["files"]  # nothing trained, nothing written
 
 
 

@@ -63,7 +63,6 @@ HANDLERS: dict[type, Callable[[nn.Module, dict[str, list[int]]], None]] = {
     nn.BatchNorm2d: _norm(tp.prune_batchnorm_out_channels),
     nn.BatchNorm3d: _norm(tp.prune_batchnorm_out_channels),
     nn.SyncBatchNorm: _norm(tp.prune_batchnorm_out_channels),
-    nn.LayerNorm: _norm(tp.prune_layernorm_out_channels),
     nn.InstanceNorm1d: _norm(tp.prune_instancenorm_out_channels),
     nn.InstanceNorm2d: _norm(tp.prune_instancenorm_out_channels),
     nn.InstanceNorm3d: _norm(tp.prune_instancenorm_out_channels),

@@ -199,8 +199,8 @@ class _Run:
         settings = (a["target_flops"], a["updates_between_prunes"], a["maps_per_prune"], a["flops_per_prune"], a["round_to"],
                     a["flops_reg"], str(a["criterion"]), a["checkpoint_dir"] is None, a["eval_every"], a["final_updates"],
                     a["min_accuracy"], a["val_loader"] is None and a["evaluate"] is None, len(graph.groups))
-        distributed.check_same("model architecture", distributed.arch_hash(self.model))
-        distributed.check_same("pruning settings", repr(settings))
+        distributed.check_same("model architecture", distributed.architecture(self.model))
+        distributed.check_same("pruning settings", settings)
 
     def _check_reachable(self) -> None:
         groups = self.imp.graph.prunable_groups
@@ -319,7 +319,7 @@ class _Run:
             gone = cut(self.imp, self.target, self.k, self.a["tolerance"], self.opt, self.a["round_to"])
         self.removed += gone
         # identical scores and a deterministic ranking make this hold; checked, never assumed
-        distributed.check_same("channels removed", repr(gone))
+        distributed.check_same("channels removed", gone)
         return len(gone)
 
     # -- bookkeeping -------------------------------------------------------------------------
