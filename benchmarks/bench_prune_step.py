@@ -40,7 +40,7 @@ import torchvision
 import fxtaylor
 import fxtaylor.optim
 from fxtaylor.pruner import select as select_module
-from fxtaylor.pruner.loop import MAPS_FRACTION
+from fxtaylor.pruner.pruner import MAPS_FRACTION
 from fxtaylor.pruner.select import cut
 from ratios import report
 
@@ -57,7 +57,7 @@ def conv_out_channels(model):
 
 
 def maps_per_step(imp):
-    """The loop's default maps_per_prune (``fxtaylor.pruner.loop``)."""
+    """The loop's default maps_per_prune (``fxtaylor.pruner.pruner``)."""
     return max(1, math.ceil(MAPS_FRACTION * sum(g.num_prunable for g in imp.graph.prunable_groups)))
 
 

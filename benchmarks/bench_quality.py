@@ -22,3 +22,16 @@ def test_quality_study_quick(tmp_path):
             assert 0 <= point["recovered"] <= 1
     assert results["best_lambda"] in (0.0, 0.01)
     assert json.loads((tmp_path / "results" / "quality.json").read_text())["seed"] == 0
+
+
+def test_latency_quality_quick(tmp_path, monkeypatch):
+    """``benchmarks/latency_quality.py`` end to end in its tiny configuration: a FLOPs run, then
+    latency runs to the FLOPs run's measured latency, all re-measured side by side."""
+    import latency_quality
+
+    monkeypatch.setenv("FXTAYLOR_CACHE", str(tmp_path / "cache"))
+    (res,) = latency_quality.main(["--quick", "--seeds", "0"])
+    assert list(res["rows"]) == ["FLOPs", "latency, rank", "latency, knapsack"]
+    assert 0 < res["latency_target"] < 2
+    for row in res["rows"].values():
+        assert 0 < row["latency_ratio"] < 2 and 0 <= row["accuracy"] <= 1 and row["steps"] >= 1

@@ -18,8 +18,9 @@ real.)
 Parametrised by ``round_to`` (1: any channel count; 8: every group kept at a multiple of 8,
 which oneDNN's vectorised kernels prefer).
 
-Latency: ``fxtaylor.pruner.measure.latency_ms`` — eval mode, ``torch.inference_mode()``, dense
-and pruned forward passes alternating round by round, medians; torch's default thread count.
+Latency: :func:`fxtaylor.latency.measure` (torch.utils.benchmark; eval mode, inference mode,
+warm-up, dense and pruned alternating round by round, medians) on the CPU deployment in
+float32 with the CPU's default memory format; torch's default thread count.
 The raw speed-up, the FLOP ratio and both latencies are in ``extra_info``.
 """
 import copy
@@ -30,14 +31,14 @@ import torch
 import torchvision
 
 import fxtaylor
-from fxtaylor.pruner.measure import latency_ms
+from fxtaylor.latency import Deployment, measure
 from fxtaylor.pruner.select import cut
 from ratios import report
 
 SIDE = 224
 TARGET = 0.5
-# Interleaved rounds per batch size: a dense ResNet-50 forward at batch 32 takes seconds on
-# 2 cores, so few rounds there keep the enabled run of this file within a few minutes.
+# Seconds of timing per model (÷ 10): a dense ResNet-50 forward at batch 32 takes seconds on
+# 2 cores, so little time there keeps the enabled run of this file within a few minutes.
 ROUNDS = {1: 30, 32: 5}
 CI_BATCH = 2  # disabled mode (CI): one forward at this batch instead of 32
 
@@ -75,7 +76,9 @@ def test_speedup_at_half_flops(benchmark, name, batch, round_to):
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in dense.parameters())
     if benchmark.disabled:
         return
-    t_dense, t_pruned = latency_ms([dense, pruned], x, repeats=ROUNDS[batch], warmup=1)
+    timings = measure([dense, pruned], x, Deployment(device="cpu", batch_size=batch), min_run_time=ROUNDS[batch] * 0.1,
+                      rounds=ROUNDS[batch] if batch == 1 else 5)
+    t_dense, t_pruned = (t.median_ms for t in timings)
     speedup, flop_ratio = t_dense / t_pruned, f0 / f1
     benchmark.extra_info.update(
         latency_ms={"dense": round(t_dense, 3), "pruned": round(t_pruned, 3)},

@@ -15,7 +15,8 @@ with warnings.catch_warnings():
         ActivationMeanImportance, ActivationStdImportance, OracleImportance, RandomImportance, TaylorImportance,
         WeightImportance, spearman,
     )
-    from .pruner import PruneResult, prune
+    from .latency import Deployment
+    from .pruner import PruneResult, Pruner, Schedule, Target, prune
     from .saving import load, save
 
 __version__ = "0.1.0"
@@ -23,5 +24,5 @@ __all__ = [
     "ActivationMeanImportance", "ActivationStdImportance", "OracleImportance", "RandomImportance",
     "TaylorImportance", "WeightImportance", "spearman",
     "ChannelGraph", "ChannelGroup", "FeatureMap", "FxTaylorError", "Member", "PruneError",
-    "TraceError", "trace", "PruneResult", "prune", "load", "save",
+    "TraceError", "trace", "Deployment", "PruneResult", "Pruner", "Schedule", "Target", "prune", "load", "save",
 ]

@@ -52,16 +52,26 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:]))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prune", help="prune a model to a FLOPs target (no arguments: the offline default)")
+    p = sub.add_parser("prune", help="prune a model to a FLOPs or latency target (no arguments: the offline default)")
     p.add_argument("--model", default="resnet18", help="torchvision (or timm) classification model name [resnet18]")
     p.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a state dict file, or a model saved by fxtaylor")
     p.add_argument("--data", help="ImageFolder directory with train/<class>/ and val/<class>/ [bundled digits]")
-    p.add_argument("--target-flops", type=_fraction, default=0.5, help="fraction of the FLOPs to keep [0.5]")
+    p.add_argument("--target-flops", type=_fraction, help="fraction of the FLOPs to keep [0.5 unless --target-latency]")
+    p.add_argument("--target-latency", type=_fraction,
+                   help="instead: fraction of the latency to keep, measured on the deployment below (docs/latency.md)")
+    p.add_argument("--latency-device", help="device the latency is measured on [the --device]")
+    p.add_argument("--latency-batch", type=_positive_int, default=1, help="batch size of the deployment [1]")
+    p.add_argument("--latency-dtype", default="float32", help="float32, float16 or bfloat16 [float32]")
+    p.add_argument("--latency-format", help="channels_last or contiguous [per device, docs/latency.md]")
+    p.add_argument("--latency-threads", type=_positive_int, help="CPU threads while timing [torch's default]")
+    p.add_argument("--selection", choices=["rank", "knapsack"],
+                   help="rank: lowest score first (paper); knapsack: lowest importance per resource saved [rank for FLOPs, knapsack for latency]")
     p.add_argument("--flops-reg", type=_non_negative, default=DEFAULT_FLOPS_REG, help=f"λ, FLOPs regularisation [{DEFAULT_FLOPS_REG}]")
     p.add_argument("--updates-between-prunes", type=_positive_int, help="minibatch updates observed per pruning step [30; 10 on digits]")
     p.add_argument("--maps-per-prune", type=_positive_int, help="maps removed per step [1 %% of the prunable maps]")
-    p.add_argument("--flops-per-prune", type=_fraction, help="instead: remove this fraction of the original FLOPs per step")
-    p.add_argument("--round-to", type=_positive_int, default=1, help="keep channel counts multiples of this (8: faster kernels) [1]")
+    p.add_argument("--flops-per-prune", type=_fraction, help="instead: remove this fraction of the original FLOPs (or latency) per step")
+    p.add_argument("--round-to", type=_positive_int,
+                   help="keep channel counts multiples of this [1 for FLOPs; for latency, the multiple the measured tables prefer]")
     p.add_argument("--criterion", default="taylor", choices=["taylor", "weight", "activation_mean", "activation_std", "random"],
                    help="how maps are ranked [taylor, the paper's]; the others are baselines")
     p.add_argument("--lr", type=_non_negative, help="SGD learning rate while pruning [1e-4 (paper); 1e-3 on digits]")
@@ -112,6 +122,11 @@ def _prune(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     main = distributed.is_main()
+    if args.target_flops is not None and args.target_latency is not None:
+        raise FxTaylorError("give --target-flops or --target-latency, not both")
+    if args.target_flops is None and args.target_latency is None:
+        args.target_flops = 0.5
+    _deployment(args)  # a bad dtype, format or device fails before anything is built or written
     try:
         out, error = _run_dir(args), None
     except FxTaylorError as e:
@@ -133,9 +148,10 @@ def _prune(args: argparse.Namespace) -> int:
         print(f"fxtaylor: {args.model} on {work.description}{where}", file=sys.stderr)
     opt = torch.optim.SGD(work.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     result = run_prune(
-        work.model, work.train, target_flops=args.target_flops, optimizer=opt, val_loader=work.val,
+        work.model, work.train, target_flops=args.target_flops, target_latency=args.target_latency,
+        deployment=_deployment(args), optimizer=opt, val_loader=work.val,
         updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
-        flops_per_prune=args.flops_per_prune, criterion=args.criterion, round_to=args.round_to,
+        flops_per_prune=args.flops_per_prune, criterion=args.criterion, round_to=args.round_to, selection=args.selection,
         flops_reg=args.flops_reg, min_accuracy=args.min_accuracy, final_updates=args.final_updates,
         checkpoint_dir=out, resume=args.resume, seed=args.seed, arch=work.arch, progress=args.progress,
     )
@@ -150,6 +166,15 @@ def _prune(args: argparse.Namespace) -> int:
     print(_report().summary_table(rep))
     print(f"\nrun directory {out}: " + ", ".join(p.name for p in [out / "model.pt", *files.values()]))
     return 0
+
+
+def _deployment(args: argparse.Namespace):
+    """Where latency is measured (--latency-*), checked against this machine."""
+    from .latency import Deployment
+
+    dep = Deployment(device=args.latency_device or args.device, batch_size=args.latency_batch, dtype=args.latency_dtype,
+                     memory_format=args.latency_format, threads=args.latency_threads)
+    return dep.resolved(torch.nn.Linear(1, 1))  # the device is named: the module only stands in
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
@@ -177,15 +202,16 @@ def _start(out: Path, args: argparse.Namespace) -> None:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    from . import flops, models
+    from . import models
+    from .cost import FlopsCost
     from .graph import trace
     from .graph.atoms import PRODUCER
 
     model = models.build_named(args.model)[0].eval()
     x = torch.randn(1, 3, args.input_size, args.input_size)
     graph = trace(model, x)
-    total, own = flops.count(model, x)
-    cost = flops.unit_costs(graph, own)
+    flops = FlopsCost().sync(graph, x)
+    total, cost = flops.total(), flops.unit_costs()
     rows = []
     for g in graph.groups:
         producers = [m.name for m in g.members if m.kind == PRODUCER]

@@ -1,12 +1,9 @@
-"""What a channel costs: per-module FLOPs from fvcore, spread over the channel graph's units.
+"""Counting FLOPs: per-module counts from fvcore, with fxtaylor's counting conventions.
 
 fvcore's ``FlopCountAnalysis(...).by_module()`` counts each leaf module's operations (one fused
-multiply-add = one flop). A unit's cost is what deleting it removes from every module it
-touches: a conv (groups=1) or linear with ``Cin`` inputs and ``Cout`` outputs costs
-``F ∝ Cin·Cout``, so removing ``ki`` of its inputs and ``ko`` of its outputs removes
-``F·(1 − (1 − ki/Cin)(1 − ko/Cout))``; a grouped conv loses ``ko/Cout`` of its FLOPs (whole
-groups go); a per-channel module (batch norm, pooling) loses ``k/C``. Costs are recomputed
-from a fresh analysis after every pruning step (fvcore caches per analysis object).
+multiply-add = one flop). :class:`fxtaylor.cost.FlopsCost` turns these counts into what each
+layer costs at other widths and what each channel costs; counts are taken from a fresh analysis
+after every pruning step (fvcore caches per analysis object).
 
 Counting conventions (``HANDLES``): conv/linear/matmul/einsum/SDPA multiply-adds, batch/layer
 norm and pooling as fvcore counts them (one per input element for pooling); elementwise
@@ -26,7 +23,6 @@ import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 
-from .graph import ChannelGraph
 
 _ZERO = [
     "aten::add", "aten::add_", "aten::sub", "aten::sub_", "aten::mul", "aten::mul_", "aten::div",
@@ -107,33 +103,3 @@ def count(model: nn.Module, example_inputs: Any) -> tuple[int, dict[str, int]]:
             if parent in own:
                 own[parent] -= by_module[name]
     return by_module.get("", 0), own
-
-
-def unit_costs(graph: ChannelGraph, own: dict[str, int]) -> torch.Tensor:
-    """FLOPs removed by deleting each unit of the graph (float64, indexed by global unit id)."""
-    n = int(graph.group_of_unit.numel())
-    cost = torch.zeros(n, dtype=torch.float64)
-    for name, (ins, outs) in graph.module_io().items():
-        flops = own.get(name, 0)
-        if not flops:
-            continue
-        ki = _per_unit(ins, n)
-        ko = _per_unit(outs, n)
-        m = graph.model.get_submodule(name)
-        ci = max(ins.numel(), 1) if ins is not None else 1
-        co = max(outs.numel(), 1) if outs is not None else 1
-        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1:
-            frac = ko / co  # whole groups: the output share is the share of groups
-        elif isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            frac = 1 - (1 - ki / ci) * (1 - ko / co)  # FLOPs ∝ Cin · Cout
-        else:
-            frac = ki / ci if ins is not None else ko / co  # per-channel work
-        cost += flops * frac
-    return cost
-
-
-def _per_unit(units: torch.Tensor | None, n: int) -> torch.Tensor:
-    if units is None:
-        return torch.zeros(n, dtype=torch.float64)
-    u = units[units >= 0]
-    return torch.bincount(u, minlength=n).to(torch.float64)

@@ -16,10 +16,14 @@ The report dict (only ``history`` is required to *read* a report; the rest is sh
 ``fxtaylor``        version that wrote it
 ``config``          free-form run settings; ``config["model"]`` (a name) titles the plots
 ``environment``     python / torch / ... versions, device, threads
-``target_flops``    fraction of the original FLOPs to keep, e.g. 0.5
+``target_flops``    fraction of the original FLOPs to keep, e.g. 0.5 (or ``None``)
+``target_latency``  fraction of the dense model's measured latency to keep (or ``None``)
 ``reached``, ``stop_reason``   whether the target was met, and why the loop stopped
-``before``, ``after``          ``{"flops", "params", "accuracy", "latency_ms"}``
-``speedup``         latency before / after, measured interleaved in the same run
+``before``, ``after``          ``{"flops", "params", "accuracy", "latency_ms", "latency_iqr_ms"}``;
+                    ``after`` also ``latency_ratio`` (per-round ratio to the dense model) and its
+                    ``latency_ratio_noise`` (95 % half-width)
+``speedup``         latency before / after, measured interleaved in the same run, on the
+                    deployment ``config["deployment"]`` records (device, batch, dtype, format)
 ``history``         step 0 (unpruned), one record per pruning step, optionally ``"step": "final"``
                     after the final fine-tune; each ``{"step", "flops", "params", "accuracy",
                     "loss", "removed", "time_s"}``
@@ -229,7 +233,7 @@ def summary_table(report: dict) -> str:
     before, after = report.get("before") or {}, report.get("after") or {}
 
     def ms(v, like=None):
-        return MISSING if v is None else f"{v:.2f}"
+        return MISSING if v is None else f"{v:.3g}"
 
     def pct(v, like=None):
         return format_accuracy(v)
@@ -244,7 +248,11 @@ def summary_table(report: dict) -> str:
         b, a = _known(before.get(key)), _known(after.get(key))
         # One unit per row, the larger value's: "1.82 GFLOPs  0.91 GFLOPs" compares at a glance.
         like = max((v for v in (b, a) if v is not None), default=None)
-        rows.append((label, fmt(b, like), fmt(a, like), change(b, a)))
+        cells = [fmt(b, like), fmt(a, like)]
+        if key == "latency_ms":  # the spread: a latency without it cannot be compared
+            cells = [c + (f" ± {_known(d.get('latency_iqr_ms')) / 2:.2g}" if _known(d.get("latency_iqr_ms")) is not None and c != MISSING else "")
+                     for c, d in zip(cells, (before, after))]
+        rows.append((label, *cells, change(b, a)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     # Label left-aligned, numbers right-aligned so their decimal points line up.
     lines = [
@@ -253,14 +261,24 @@ def summary_table(report: dict) -> str:
     ]
 
     speedup = _known(report.get("speedup"))
-    status = [f"speed-up {MISSING if speedup is None else f'{speedup:.2f}×'}",
+    dep = (report.get("config") or {}).get("deployment") or {}
+    where = f" on {dep.get('device')}, batch {dep.get('batch_size')}, {dep.get('dtype')}" if dep.get("device") else ""
+    status = [f"speed-up {MISSING if speedup is None else f'{speedup:.2f}×'}{where}",
               f"stop reason: {report.get('stop_reason') or MISSING}"]
-    if report.get("reached") is False:
+    if report.get("reached") is False and report.get("stop_reason") != "target reached":
         status[-1] += " (target not reached)"
+    elif report.get("reached") is False:
+        status[-1] = "stop reason: target missed by the final count"
     total = (report.get("timings") or {}).get("total_s")
     if total is not None:
         status.append(f"total time {format_duration(total)}")
     lines.append(" · ".join(status))
+    ratio, noise = _known(after.get("latency_ratio")), _known(after.get("latency_ratio_noise")) or 0.0
+    ratio = ratio if ratio is not None else (1 / speedup if speedup else None)
+    if ratio is not None and ratio >= 1 - noise:
+        verdict = "not faster" if ratio >= 1 else f"not measurably faster (±{noise:.2f})"
+        lines.append(f"WARNING: the pruned model is {verdict} than the dense one on this deployment; "
+                     "prune with --target-latency for it (docs/latency.md)")
     return "\n".join(lines)
 
 

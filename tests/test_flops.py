@@ -12,6 +12,7 @@ import torchvision
 
 import fxtaylor
 from fxtaylor import flops
+from fxtaylor.cost import FlopsCost
 
 X = torch.randn(1, 3, 64, 64)
 
@@ -19,9 +20,9 @@ X = torch.randn(1, 3, 64, 64)
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet_b0", "regnet_y_400mf"])
 def test_unit_cost_is_the_flops_pruning_removes(name):
     model = torchvision.models.get_model(name, weights=None).eval()
-    total, own = flops.count(model, X)
+    total = flops.count(model, X)[0]
     graph = fxtaylor.trace(model, X)
-    cost = flops.unit_costs(graph, own)
+    cost = FlopsCost().sync(graph, X).unit_costs()
     rng = random.Random(0)
     groups = rng.sample(graph.prunable_groups, 3)
     if name == "regnet_y_400mf":  # grouped convs: a unit is a whole conv group
@@ -35,6 +36,30 @@ def test_unit_cost_is_the_flops_pruning_removes(name):
         removed = total - flops.count(m, X)[0]
         assert removed > 0
         assert abs(predicted - removed) <= 0.02 * removed, (g, predicted, removed)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "regnet_x_400mf"])
+def test_predicted_flops_of_a_multi_group_cut_equal_the_recount(name):
+    """Cutting many units of several groups at once (a conv losing inputs and outputs, grouped
+    convs losing whole groups): the cost model's prediction from per-layer widths is what fvcore
+    counts on the pruned model — not the sum of unit costs, which over-counts shared convs."""
+    model = torchvision.models.get_model(name, weights=None).eval()
+    graph = fxtaylor.trace(model, X)
+    cost = FlopsCost().sync(graph, X)
+    rng = random.Random(1)
+    chosen = {g.index: rng.sample(range(g.size), g.num_prunable // 2) for g in rng.sample(graph.prunable_groups, 6)}
+    units = torch.cat([graph.groups[i].units[torch.tensor(c, dtype=torch.long)] for i, c in chosen.items()])
+    L = cost.layers
+    widths = {}
+    for i, n in enumerate(L.names):
+        di, do = L.delta(i, units)
+        widths[n] = (L.cin[i] - di, L.cout[i] - do)
+    predicted, summed = cost.predict(widths), cost.total() - float(cost.unit_costs()[units].sum())
+    for i, c in chosen.items():
+        graph.prune(graph.groups[i], c)
+    counted = flops.count(model, X)[0]
+    assert abs(predicted - counted) <= 1e-6 * counted, (predicted, counted)
+    assert summed < counted  # the per-unit sum over-predicts the saving
 
 
 def test_counting_keeps_fvcore_quiet(caplog):

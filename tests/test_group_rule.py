@@ -1,9 +1,20 @@
 """The group rule: a channel read in several places (a residual stage) is scored by |Σ_reads ⟨g, z⟩|.
 
-The alternatives — Σ_reads |⟨g, z⟩|, the max over reads, the first or the last read only — are
-computed from per-read gate gradients of the same examples, and each is compared with the oracle
-(the loss change when the channel is really removed) by Spearman's ρ.
+"|sum| (fxtaylor)" is the real :class:`fxtaylor.TaylorImportance`, observed on the examples;
+the alternatives — Σ_reads |⟨g, z⟩|, the max over reads, the first or the last read only — are
+computed from per-read gate gradients of the same examples (the brute force of test_taylor.py),
+and each is compared with the oracle (the loss change when the channel is really removed) by
+Spearman's ρ. A change to taylor.py that scores another rule fails here.
+
+The seeds are fixed and consecutive (``SEEDS``), not chosen by their outcome. The claim the data
+supports, and what is asserted: averaged over the seeds, |Σ| correlates with the oracle better
+than every alternative, by a margin. Single seeds vary a lot (ρ from about 0.1 to 0.9), so no
+per-seed claim is made. ``python tests/test_group_rule.py`` prints the per-seed table that
+docs/criterion.md quotes.
 """
+import statistics
+import time
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,10 +24,15 @@ import fxtaylor
 from test_taylor import brute_force, cbr
 
 X = torch.randn(1, 3, 12, 12)
+SEEDS = range(12)
+STEPS = 60  # SGD updates of training per seed
+LR = 0.1
+MARGIN = 0.05  # asserted lead of |Σ| over each alternative, mean over SEEDS
 
 
 class Stage(nn.Module):
-    """Stem + three BasicBlocks: the stem's channels are read in 7 places."""
+    """Stem + three BasicBlocks: the stem's channels are read in 4 places (three blocks and
+    the head, through the residual adds)."""
 
     def __init__(self, width=24):
         super().__init__()
@@ -28,18 +44,20 @@ class Stage(nn.Module):
         return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
-def trained(seed):
+def trained(seed, steps=STEPS):
+    """A Stage trained on a learnable synthetic task (the label is a fixed linear function of
+    the image's 2×2 average-pooled pixels), and 4 held-out batches of 64 to score on."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     proj = torch.randn(12, 5, generator=g)
 
     def data(n):
         x = torch.randn(n, 3, 12, 12, generator=g)
-        return x, (F.avg_pool2d(x, 6).flatten(1) @ proj).argmax(1)  # learnable from the image
+        return x, (F.avg_pool2d(x, 6).flatten(1) @ proj).argmax(1)
 
     model = Stage()
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    for _ in range(300):
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    for _ in range(steps):
         x, y = data(32)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
@@ -49,15 +67,22 @@ def trained(seed):
 
 
 def rule_correlations(seed):
+    """Spearman's ρ with the oracle of each group rule on the stem's units, the number of
+    reads of the stem group, and the last training loss."""
     model, batches, loss = trained(seed)
-    per_read, _ = brute_force(model, batches, per_read=True)  # [examples, reads, units]
     units = fxtaylor.trace(model, X).group_of("stem.0").units
     oracle = fxtaylor.OracleImportance(model, X, batches, F.cross_entropy, units=units).unit_scores()[units]
+    imp = fxtaylor.TaylorImportance(model, X, normalize=None)
+    with imp.observe():
+        for x, y in batches:
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+    per_read, _ = brute_force(model, batches, per_read=True)  # [examples, reads, units]
     p = per_read[:, :, units]
     present = p.abs().sum((0, 2)) > 0  # the reads of this group
     p = p[:, present]
     rules = {
-        "|sum| (fxtaylor)": p.sum(1).abs().mean(0),
+        "|sum| (fxtaylor)": imp.unit_scores()[units],
         "sum of |.|": p.abs().sum(1).mean(0),
         "max |.|": p.abs().max(1).values.mean(0),
         "first read": p[:, 0].abs().mean(0),
@@ -67,9 +92,21 @@ def rule_correlations(seed):
 
 
 def test_sum_inside_the_absolute_value_tracks_the_oracle_best():
-    runs = [rule_correlations(seed) for seed in (0, 1, 3)]
-    assert all(reads == 4 and loss < 1.4 for _, reads, loss in runs)  # learned; 4 reads of the stem
-    mean = {k: sum(r[k] for r, _, _ in runs) / len(runs) for k in runs[0][0]}
+    runs = [rule_correlations(seed) for seed in SEEDS]
+    assert all(reads == 4 for _, reads, _ in runs)  # the stem is read in 4 places
+    assert statistics.median(loss for _, _, loss in runs) < 1.0  # learned (chance: ln 5 = 1.61)
+    mean = {k: statistics.mean(r[k] for r, _, _ in runs) for k in runs[0][0]}
     ours = mean.pop("|sum| (fxtaylor)")
-    assert ours > 0.6, ours
-    assert all(ours > other + 0.1 for other in mean.values()), (ours, mean)
+    assert all(ours > other + MARGIN for other in mean.values()), (ours, mean)
+
+
+if __name__ == "__main__":
+    t = time.time()
+    runs = {s: rule_correlations(s) for s in SEEDS}
+    names = list(runs[SEEDS[0]][0])
+    print("seed | " + " | ".join(names) + " | loss")
+    for s, (r, reads, loss) in runs.items():
+        print(f"{s} | " + " | ".join(f"{r[k]:.2f}" for k in names) + f" | {loss:.2f}")
+    print("mean | " + " | ".join(f"{statistics.mean(r[k] for r, _, _ in runs.values()):.3f}" for k in names))
+    print("wins | " + " | ".join(str(sum(max(r, key=r.get) == k for r, _, _ in runs.values())) for k in names))
+    print(f"{time.time() - t:.1f} s wall, {time.process_time():.1f} s CPU")

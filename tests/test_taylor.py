@@ -39,9 +39,38 @@ class ResNetTiny(nn.Module):
         return self.fc(self.l2(self.l1(self.stem(x))).mean((2, 3)))
 
 
+def produced_elements(model, graph, x):
+    """M_u of eq. 8, measured independently of fxtaylor's hooks: a forward hook on every module
+    that produces channels (conv, linear) counts the elements of each unit in its output — the
+    map where the unit is produced, whatever pooling comes before it is read."""
+    n_units = int(graph.group_of_unit.numel())
+    elements = torch.zeros(n_units, dtype=torch.float64)
+    handles = []
+    for (name, role), units in graph.unit_maps.items():
+        module = model.get_submodule(name)
+        if role != "out" or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+
+        def hook(m, args, out, units=units):
+            c = 1 if isinstance(m, nn.Conv2d) else out.dim() - 1
+            spatial = out.numel() // (out.shape[0] * out.shape[c])
+            per_unit = torch.bincount(units[units >= 0], minlength=n_units).double()
+            elements.copy_(torch.maximum(elements, per_unit * spatial))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return elements
+
+
 def brute_force(model, batches, per_read=False):
     """Eq. 8 from gate gradients: a gate γ[n, u] = 1 multiplies unit u of example n at every
-    place u is read; Θ_n(u) = |∂(Σ_n ℓ_n)/∂γ[n, u]| / M_u, averaged over examples.
+    place u is read; Θ_n(u) = |∂(Σ_n ℓ_n)/∂γ[n, u]| / M_u, averaged over examples, with M_u
+    the elements of u in the map that produces it (:func:`produced_elements`).
 
     With ``per_read`` the gates are separate per read: returns [examples, reads, units] signed
     derivatives (to build alternative group rules)."""
@@ -50,7 +79,7 @@ def brute_force(model, batches, per_read=False):
     reads = []  # (consumer, call index, dim, units per position)
     for (consumer, _call, _node, dim, _shape), units in graph.node_maps.items():
         reads.append((consumer, sum(r[0] == consumer for r in reads), dim, units))
-    elements = torch.zeros(n_units)
+    elements = produced_elements(model, graph, batches[0][0])
     out, scores, count = [], torch.zeros(n_units, dtype=torch.float64), 0
     for x, y in batches:
         n = x.shape[0]
@@ -70,9 +99,6 @@ def brute_force(model, batches, per_read=False):
                 g = torch.where(units >= 0, g, torch.ones_like(g))
                 shape = [n] + [1] * (z.dim() - 1)
                 shape[dim] = z.shape[dim]
-                spatial = z.numel() // (n * z.shape[dim])
-                ok = units >= 0
-                elements.copy_(torch.maximum(elements, torch.bincount(units[ok], minlength=n_units) * float(spatial)))
                 return (z * g.reshape(shape),)
             return hook
 
@@ -91,7 +117,7 @@ def brute_force(model, batches, per_read=False):
             count += n
     if per_read:
         return torch.cat(out), elements
-    return scores / count / elements.clamp(min=1).double()
+    return scores / count / elements.clamp(min=1)
 
 
 def batches(sizes, seed=0):
@@ -146,6 +172,49 @@ class Shared(nn.Module):
 
     def forward(self, x):
         return self.fc((self.shared(self.a(x)) + self.shared(self.b(x))).mean((2, 3)))
+
+
+class Pooled(nn.Module):
+    """The last map is read only after global average pooling, as in ResNet's last stage and
+    most classifier heads: its read has one element per channel, the map it pools 12×12."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 6), cbr(6, 5)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.b(self.a(x)), 1), 1))
+
+
+@pytest.mark.parametrize("net", [Pooled, Chain])
+def test_read_after_pooling_is_normalised_like_the_map_it_pools(net):
+    """Eq. 8 on the produced map: a gate γ[n, c] on the output of ``b`` (after its ReLU, where
+    the map is produced), Θ_n = |∂(Σ_n ℓ_n)/∂γ[n, c]| / (H·W of that map). Global average
+    pooling (Pooled) and max pooling before flatten→linear (Chain) both read fewer elements
+    than the map has; M is the map's."""
+    torch.manual_seed(0)
+    model = net().train()
+    data = batches([3, 5, 2])
+    imp = observed(model, data)
+    total = torch.zeros(5, dtype=torch.float64)
+    for x, y in data:
+        gate = torch.ones(x.shape[0], 5, 1, 1, requires_grad=True)
+        maps = []
+
+        def on_b(m, a, out):
+            maps.append(out)
+            return out * gate
+
+        h = model.b.register_forward_hook(on_b)
+        try:
+            (g,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), gate)
+        finally:
+            h.remove()
+        hw = maps[0].shape[2] * maps[0].shape[3]
+        total += g.flatten(1).abs().sum(0).double() / hw
+    units = imp.graph.group_of("b.0").units
+    torch.testing.assert_close(imp.unit_scores()[units], total / 10, rtol=1e-5, atol=0)
 
 
 def test_module_called_twice_matches_brute_force():

@@ -4,8 +4,10 @@ group, regularised by FLOPs, and served to torch-pruning one group at a time.
 A criterion computes one raw score per *unit* of the graph (``unit_scores``). For a group,
 :meth:`GraphImportance.group_scores` takes its units' scores, normalises them (``"l2"``: the
 paper's layer-wise rescaling, so groups of different depth can be ranked together) and
-subtracts ``flops_reg · cost``, the FLOPs a unit's removal saves in units of the average
-prunable map. As a ``torch_pruning.importance.Importance`` it maps torch-pruning's group (found
+subtracts ``flops_reg · cost``, the resource a unit's removal saves in units of the average
+prunable map. The resource is a :class:`fxtaylor.cost.CostModel`: FLOPs by default (the
+paper's), or latency as deployed (:class:`fxtaylor.cost.LatencyCost`) — the paper's form with
+latency for FLOPs. As a ``torch_pruning.importance.Importance`` it maps torch-pruning's group (found
 by its root module) to fxtaylor's and returns a score per root channel.
 """
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .. import distributed, flops
+from .. import distributed
+from ..cost import CostModel, FlopsCost
 from ..errors import FxTaylorError
 from ..graph import ChannelGraph, ChannelGroup, trace
 from ..graph.atoms import PRODUCER
@@ -47,6 +50,7 @@ class GraphImportance(tp.importance.Importance):
         normalize: str | None = "l2",
         flops_reg: float = 0.0,
         graph: ChannelGraph | None = None,
+        cost: CostModel | None = None,
         **trace_kwargs: Any,
     ):
         if normalize not in NORMALIZERS:
@@ -58,8 +62,9 @@ class GraphImportance(tp.importance.Importance):
         self._trace_kwargs = trace_kwargs
         self.graph = graph if graph is not None else trace(model, example_inputs, **trace_kwargs)
         self._names = {id(m): n for n, m in model.named_modules()}
-        self._cost: tuple[torch.Tensor, torch.Tensor, int] | None = None
-        self._cost_key: tuple | None = None
+        self.flops = FlopsCost()  # always counted: every run reports FLOPs
+        self.cost = cost if cost is not None else self.flops  # the resource λ regularises
+        self._normalized: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- to implement ------------------------------------------------------------------------
 
@@ -143,29 +148,23 @@ class GraphImportance(tp.importance.Importance):
         return False
 
     def unit_costs(self) -> torch.Tensor:
-        """FLOPs removed by deleting each unit, from a fresh fvcore analysis whenever the
-        architecture changed since the last one."""
-        return self._costs()[0]
+        """What deleting each unit alone saves of the resource (:attr:`cost`), re-derived
+        whenever the architecture changed since the last call."""
+        return self.cost.sync(self.graph, self.example_inputs).unit_costs()
 
     def normalized_costs(self) -> torch.Tensor:
         """Unit costs divided by the mean cost of all prunable units: 1 = an average map."""
-        return self._costs()[1]
-
-    def total_flops(self) -> int:
-        """FLOPs of one forward pass of the model as it is now (same fvcore analysis)."""
-        return self._costs()[2]
-
-    def _costs(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(raw, normalised) unit costs and the total, recomputed only when the architecture
-        changed: a pruner asks once per group per step."""
-        key = tuple(u.numel() for u in self.graph.unit_maps.values())
-        if self._cost is None or key != self._cost_key:
-            total, own = flops.count(self.model, self.example_inputs)
-            cost = flops.unit_costs(self.graph, own)
+        cost = self.unit_costs()
+        if self._normalized is None or self._normalized[0] is not cost:
             units = [g.units for g in self.graph.prunable_groups]
             mean = cost[torch.cat(units)].mean() if units else cost.new_ones(())
-            self._cost, self._cost_key = (cost, cost / mean if mean > 0 else cost, total), key
-        return self._cost
+            self._normalized = (cost, cost / mean if mean > 0 else cost)
+        return self._normalized[1]
+
+    def total_flops(self) -> int:
+        """FLOPs of one forward pass of the model as it is now (fvcore; counted again only
+        when the architecture changed: a pruner asks once per group per step)."""
+        return int(self.flops.sync(self.graph, self.example_inputs).total())
 
     def group_scores(self, group: ChannelGroup, unit_scores: torch.Tensor | None = None) -> torch.Tensor:
         """Final score of each channel of ``group``: normalised, minus λ·cost. Lowest goes first.

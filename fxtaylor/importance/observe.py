@@ -8,6 +8,12 @@ is this reader's share alone). A hook on the root module marks the start of each
 and tells its batch size (dim 0 of the first input), so a module called twice is told which of
 its calls is running, and a read whose dim 0 is not the batch can be recognised.
 
+:class:`Produced` hooks the other end: the modules that *produce* channels (conv, linear,
+embedding outputs), for what only the produced map knows — its size (eq. 8's M), which a read
+after pooling no longer shows.
+
+Everything a hook needs is computed here once, on the model's device: hooks run on every
+forward and backward pass, where a host↔device copy or synchronisation would stall a GPU.
 Nothing here keeps a tensor alive: callbacks that need an activation at backward time keep it
 in the closure of a gradient hook, which lives and dies with the autograd graph.
 """
@@ -20,39 +26,57 @@ import torch
 import torch.nn as nn
 
 from ..graph import ChannelGraph
+from ..graph.atoms import PRODUCER
 
 
-@dataclass
+@dataclass(eq=False)
 class Read:
-    """One read of channels: module ``consumer``'s ``call``-th call reads ``units`` along ``dim``."""
+    """One read of channels: module ``consumer``'s ``call``-th call reads ``units`` along ``dim``.
+
+    ``index`` / ``targets`` (on the model's device) map the positions that carry a unit to their
+    unit; ``span`` is ``(lo, hi)`` when they need no map at all — every position carries a unit
+    and they are units ``lo … hi-1`` in order (a conv reading one whole group, the common case),
+    so accumulating is adding into a slice. ``sum_dims`` are the dims summed per position (all
+    but the batch and ``dim``) for a read of ``ndim`` dims, as traced.
+    """
 
     consumer: str
     call: int
     dim: int
-    units: torch.Tensor  # global unit id of each position along dim, -1 = not in any group
+    units: torch.Tensor  # global unit id of each position along dim, -1 = not in any group (CPU)
     index: torch.Tensor  # positions with a unit
     targets: torch.Tensor  # their units (same length as index)
-    per_unit: torch.Tensor  # positions of each unit in this read (length n_units)
-
-    def per_unit_elements(self, spatial: int) -> torch.Tensor:
-        """Elements of each unit in this read, given the elements per position."""
-        return self.per_unit * spatial
+    span: tuple[int, int] | None = None
+    ndim: int = 0
+    sum_dims: tuple[int, ...] = ()
 
     @staticmethod
-    def of(consumer: str, call: int, dim: int, units: torch.Tensor, n_units: int, device) -> "Read":
+    def of(consumer: str, call: int, dim: int, units: torch.Tensor, device, ndim: int = 0) -> "Read":
         index = torch.nonzero(units >= 0).flatten()
         targets = units[index]
-        per_unit = torch.bincount(targets, minlength=n_units).to(torch.float64)
-        return Read(consumer, call, dim, units, index.to(device), targets.to(device), per_unit.to(device))
+        return Read(consumer, call, dim, units, index.to(device), targets.to(device),
+                    _span(units), ndim, _sum_dims(ndim, dim))
+
+
+def _span(units: torch.Tensor) -> tuple[int, int] | None:
+    """(lo, hi) if ``units`` is exactly lo, lo+1, …, hi-1, else None (decided on the CPU copy)."""
+    if units.numel() == 0 or int(units[0]) < 0:
+        return None
+    lo = int(units[0])
+    return (lo, lo + units.numel()) if torch.equal(units, torch.arange(lo, lo + units.numel())) else None
+
+
+def _sum_dims(ndim: int, dim: int) -> tuple[int, ...]:
+    """The dims of a read reduced per example and position: all but dim 0 and ``dim``."""
+    return tuple(d for d in range(1, ndim) if d != dim % max(ndim, 1))
 
 
 def reads_of(graph: ChannelGraph, device: torch.device) -> dict[str, list[Read]]:
     """The reads of every consumer module, in call order."""
-    n = int(graph.group_of_unit.numel())
     out: dict[str, list[Read]] = {}
-    for (consumer, _call, _node, dim, _shape), units in graph.node_maps.items():
+    for (consumer, _call, _node, dim, shape), units in graph.node_maps.items():
         calls = out.setdefault(consumer, [])
-        calls.append(Read.of(consumer, len(calls), dim, units, n, device))
+        calls.append(Read.of(consumer, len(calls), dim, units, device, len(shape)))
     return out
 
 
@@ -62,7 +86,7 @@ class Reads:
     def __init__(self, model: nn.Module, reads: dict[str, list[Read]], on_read: Callable, on_forward: Callable | None = None):
         self.model, self.reads, self.on_read, self.on_forward = model, reads, on_read, on_forward
         self.handles: list = []
-        self.calls: dict[str, int] = {}
+        self.generation = 0  # forward passes started; a module's call count restarts with each
 
     def __enter__(self) -> "Reads":
         try:
@@ -80,20 +104,89 @@ class Reads:
         self.handles.clear()
 
     def _start(self, module, args):
-        self.calls.clear()
+        self.generation += 1
         if self.on_forward is not None:
             first = args[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() else None
             self.on_forward(None if first is None else first.shape[0])
 
     def _hook(self, name: str):
         calls = self.reads[name]
+        count = [-1, 0]  # [generation, calls in it]: no shared dict to look up or clear per pass
+        on_read = self.on_read
 
         def pre_hook(module, args):
-            i = self.calls.get(name, 0)
-            self.calls[name] = i + 1
+            if count[0] != self.generation:
+                count[0], count[1] = self.generation, 0
+            i = count[1]
+            count[1] = i + 1
             if i >= len(calls) or not args or not isinstance(args[0], torch.Tensor):
                 return None
-            x = self.on_read(calls[i], args[0])
+            x = on_read(calls[i], args[0])
             return None if x is args[0] else (x, *args[1:])
 
         return pre_hook
+
+
+@dataclass(eq=False)
+class Producer:
+    """A module that produces channels, and how many of its output positions each unit has
+    (``per_unit``, length n_units, float64 on the model's device: 1 per channel, a grouped
+    conv's block width, 0 for units it does not produce)."""
+
+    name: str
+    per_unit: torch.Tensor
+    last_dim: bool  # channels on the last dim (linear, embedding), else dim 1 (conv)
+
+
+def producers_of(graph: ChannelGraph, device: torch.device) -> list[Producer]:
+    """Every producer space of the graph, as one :class:`Producer` per module."""
+    n = int(graph.group_of_unit.numel())
+    out = []
+    for (name, role), sp in graph.spaces.items():
+        if sp.kind != PRODUCER or role != "out":
+            continue
+        units = graph.unit_maps[(name, role)]
+        per_unit = torch.bincount(units[units >= 0], minlength=n).to(torch.float64)
+        conv = isinstance(graph.model.get_submodule(name), nn.modules.conv._ConvNd)
+        out.append(Producer(name, per_unit.to(device), last_dim=not conv))
+    return out
+
+
+def elements_per_position(out: torch.Tensor, last_dim: bool) -> int:
+    """Elements of one channel of one example in a produced tensor: H·W for [N, C, H, W],
+    L for tokens [N, L, C], 1 for [N, C]. Dim 0 is the example unless the channels are on it
+    (an unbatched conv input)."""
+    cdim = out.dim() - 1 if last_dim else (1 if out.dim() > 1 else 0)
+    per_example = out.shape[0] if cdim != 0 else 1
+    return out.numel() // max(per_example * out.shape[cdim], 1)
+
+
+class Produced:
+    """Context manager: ``on_produce(producer, output)`` after every call of every producer."""
+
+    def __init__(self, model: nn.Module, producers: list[Producer], on_produce: Callable):
+        self.model, self.producers, self.on_produce = model, producers, on_produce
+        self.handles: list = []
+
+    def __enter__(self) -> "Produced":
+        try:
+            for p in self.producers:
+                self.handles.append(self.model.get_submodule(p.name).register_forward_hook(self._hook(p)))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _hook(self, producer: Producer):
+        on_produce = self.on_produce
+
+        def hook(module, args, out):
+            if isinstance(out, torch.Tensor):
+                on_produce(producer, out)
+
+        return hook

@@ -5,8 +5,11 @@ For example n and unit u (a channel, or a block of channels that go together):
     Θ_n(u) = | Σ_reads Σ_{positions p of u} Σ_m  z_{n,p,m} · ∂ℓ_n/∂z_{n,p,m} |  /  M_u
 
 where the reads are the tensors in which u is read by a conv or linear (its feature maps),
-m runs over the other (spatial) elements, and M_u is the number of elements of u in its largest
-read (eq. 8's 1/M). Θ(u) is the mean of Θ_n(u) over every example observed since ``reset()``.
+m runs over the other (spatial) elements, and M_u is the number of elements of u in the map
+where it is *produced* (eq. 8's 1/M: the feature map's size, H·W for a conv's channel). A read
+after global pooling sums g·z over one element, but that sum equals the one over the map it
+pools, so dividing by the produced map's H·W gives eq. 8 on that map. Θ(u) is the mean of
+Θ_n(u) over every example observed since ``reset()``.
 
 With one read this is eq. 8 exactly. With several (a residual stage, a concat, a module called
 twice) the sum is *inside* the absolute value: removing u is setting one shared gate on all its
@@ -22,6 +25,12 @@ continuous position bias is an MLP over a table of coordinates, the same for eve
 gradient is already summed over the examples and cannot be split per example, so each example
 gets the batch mean of Σ g·z for them (exact for the sum over the batch, which is what ranking
 averages).
+
+The hooks run on every step, so they are written for a GPU: indices and buffers are on the
+model's device, built once per architecture; nothing in them waits for the device or copies to
+or from it; per read, one product g·z, one reduction to [N, channels] accumulated in float32
+(half-precision activations are not copied to float32 first) and one add into the pass's
+buffer (a slice when the read's units are a contiguous range); one fold per forward pass.
 """
 from __future__ import annotations
 
@@ -34,7 +43,7 @@ import torch.nn as nn
 
 from ..errors import FxTaylorError
 from .base import GraphImportance
-from .observe import Read, Reads, reads_of
+from .observe import Produced, Producer, Read, Reads, _sum_dims, elements_per_position, producers_of, reads_of
 
 
 class _Pass:
@@ -43,7 +52,7 @@ class _Pass:
     __slots__ = ("pending", "expected", "fired", "batch", "__weakref__")
 
     def __init__(self, batch: int) -> None:
-        self.pending: torch.Tensor | None = None  # [N, n_units]
+        self.pending: torch.Tensor | None = None  # [N, n_units] float32, in units of the backpropagated loss
         self.expected = 0
         self.fired = 0
         self.batch = batch
@@ -59,6 +68,7 @@ class TaylorImportance(GraphImportance):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         super().__init__(model, example_inputs, normalize=normalize, flops_reg=flops_reg, **kwargs)
         self.loss_reduction = loss_reduction
+        self._plan_cache: tuple | None = None
         self.reset()
 
     # -- state -------------------------------------------------------------------------------
@@ -77,14 +87,15 @@ class TaylorImportance(GraphImportance):
         self.examples = 0
         self.elements = torch.zeros(n, dtype=torch.float64, device=self.device)  # M_u
         self._passes: weakref.WeakSet[_Pass] = weakref.WeakSet()
-        self._scratch = _Scratch()
         self._current: _Pass | None = None
         self._batch: int | None = None  # of the forward pass running now
+        self._produced: dict[str, int] = {}  # producer -> elements per position last seen
 
     def has_state(self) -> bool:
         return self.examples > 0 or any(p.fired for p in self._passes)
 
     def on_retrace(self) -> None:
+        self._plan_cache = None
         self.reset()
 
     def unit_scores(self) -> torch.Tensor:
@@ -102,34 +113,62 @@ class TaylorImportance(GraphImportance):
     def observe(self) -> Iterator["TaylorImportance"]:
         """Hooks for the duration of the block; removed on exit, also after an exception."""
         self.sync()
-        reads = reads_of(self.graph, self.device)
+        reads, producers = self._plan()
         try:
-            with Reads(self.model, reads, self._on_read, self._on_forward):
+            with Reads(self.model, reads, self._on_read, self._on_forward), \
+                    Produced(self.model, producers, self._on_produce):
                 yield self
         finally:
             self._fold(partial=True)
+
+    def _plan(self) -> tuple[dict[str, list[Read]], list[Producer]]:
+        """Reads and producers with their indices on the model's device, rebuilt only when the
+        device or the architecture changed (so the hooks never move an index). The state
+        follows the model if it moved since it was built."""
+        device = self.device
+        if self.sums.device != device:
+            self.sums, self.elements = self.sums.to(device), self.elements.to(device)
+        key = (device, id(self.graph), tuple(u.numel() for u in self.graph.node_maps.values()),
+               tuple(u.numel() for u in self.graph.unit_maps.values()))
+        if self._plan_cache is None or self._plan_cache[0] != key:
+            self._n_units = int(self.graph.group_of_unit.numel())
+            # on the CPU a fresh activation-sized temporary per read is a fresh large allocation
+            # that the C allocator serves with new pages (page faults on first touch) every
+            # time; CUDA's caching allocator already reuses blocks, and a buffer held for good
+            # would only add to the peak
+            self._scratch = _Scratch() if device.type == "cpu" else None
+            self._plan_cache = (key, reads_of(self.graph, device), producers_of(self.graph, device))
+        return self._plan_cache[1], self._plan_cache[2]
 
     def _on_forward(self, batch: int | None) -> None:
         self._fold(partial=True)
         self._current = None
         self._batch = batch
 
+    def _on_produce(self, producer: Producer, out: torch.Tensor) -> None:
+        """M_u = elements of u in the map that produces it. Recomputed (on the device, no sync)
+        only when a producer's map size changes, i.e. when the input resolution does."""
+        if not torch.is_grad_enabled():
+            return  # evaluation pass: not counted, so neither is its resolution
+        m = elements_per_position(out, producer.last_dim)
+        if self._produced.get(producer.name) != m:
+            self._produced[producer.name] = m
+            self.elements = torch.maximum(self.elements, producer.per_unit * m)
+
     def _on_read(self, read: Read, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
+        if not (x.requires_grad and torch.is_grad_enabled()):
             return x  # evaluation pass: nothing to learn from
-        if self._current is None:
-            # a model whose first input is not a batched tensor: the first read tells the batch
-            self._current = _Pass(self._batch if self._batch is not None else x.shape[0])
-            self._passes.add(self._current)
         p = self._current
+        if p is None:
+            # a model whose first input is not a batched tensor: the first read tells the batch
+            p = self._current = _Pass(self._batch if self._batch is not None else x.shape[0])
+            self._passes.add(p)
         p.expected += 1
-        y = x.view_as(x)  # a node of its own: its gradient is this read's share only
-        version = x._version
+        # a view that is a node of its own: its gradient is this read's share only. An alias
+        # (``x[...]``), not ``view_as``, whose backward would add a reshape per read
+        y = x[...]
         shared = read.dim == 0 or x.shape[0] != p.batch  # no example dimension (see module doc)
-        y.register_hook(self._grad_hook(p, read, x, version, shared))
-        n, c = x.shape[0], x.shape[read.dim]
-        spatial = x.numel() // max(n * c, 1)
-        self.elements = torch.maximum(self.elements, read.per_unit_elements(spatial))
+        y.register_hook(self._grad_hook(p, read, x, x._version, shared))
         return y
 
     def _grad_hook(self, p: _Pass, read: Read, z: torch.Tensor, version: int, shared: bool):
@@ -138,6 +177,7 @@ class TaylorImportance(GraphImportance):
         # user keeps `loss`; the activation must not: the box is emptied once it was used.
         box = [z]
         del z
+        n_units, scratch = self._n_units, self._scratch
 
         def hook(g: torch.Tensor) -> None:
             z = box[0]
@@ -149,20 +189,15 @@ class TaylorImportance(GraphImportance):
                     f"the input of {read.consumer} was modified in place after it was read; "
                     "the Taylor criterion needs its value at backward time"
                 )
+            if torch.is_grad_enabled():  # backward(create_graph=True): keep the scores out of it
+                g, z = g.detach(), z.detach()
+            acc = p.pending
+            if acc is None:
+                acc = p.pending = torch.zeros(p.batch, n_units, dtype=torch.float32, device=g.device)
             if shared:
-                # the gradient is the loss's (Σ_n ℓ_n or its mean): give every example the mean
-                g, z, dim = (g.unsqueeze(0), z.unsqueeze(0), 1) if read.dim == 0 else (g, z, read.dim)
-                gz = _per_position(g, z, dim).sum(0, keepdim=True)
-                if self.loss_reduction == "sum":
-                    gz = gz / p.batch
-                gz = gz.expand(p.batch, -1)
+                _add_shared(acc, g, z, read, p.batch)
             else:
-                gz = _per_position(g, z, read.dim, self._scratch)  # [N, positions], float32
-                if self.loss_reduction == "mean":
-                    gz = gz * gz.shape[0]
-            if p.pending is None:
-                p.pending = torch.zeros(p.batch, self.sums.numel(), dtype=torch.float32, device=gz.device)
-            p.pending.index_add_(1, read.targets, gz.index_select(1, read.index))
+                _add_per_example(acc, g, z, read, scratch)
             p.fired += 1
             if p.fired == p.expected:
                 self._fold_pass(p)
@@ -170,7 +205,10 @@ class TaylorImportance(GraphImportance):
         return hook
 
     def _fold_pass(self, p: _Pass) -> None:
-        self.sums += p.pending.abs().sum(0).to(torch.float64)
+        # pending holds ⟨g, z⟩ of the loss that was backpropagated: with a mean-reduced loss
+        # that is ℓ_n / N per example, so the example's own |Θ_n| is N times its entry
+        scale = p.batch if self.loss_reduction == "mean" else 1
+        self.sums.add_(p.pending.abs().sum(0), alpha=scale)
         self.examples += p.batch
         p.pending, p.fired, p.expected = None, 0, 0
         self._passes.discard(p)
@@ -184,28 +222,63 @@ class TaylorImportance(GraphImportance):
                 self._fold_pass(p)
 
 
+def _add_per_example(acc: torch.Tensor, g: torch.Tensor, z: torch.Tensor, read: Read, scratch: "_Scratch | None") -> None:
+    """acc[n, u] += Σ over u's positions and the other dims of g·z, for every example n.
+
+    Three kernels for a spatial read: the product, its reduction to [N, channels] accumulating
+    in float32 (``sum(dtype=)`` reads bf16/fp16 directly on CUDA, no float32 copy; any strides,
+    so channels_last needs no copy either), and the add into ``acc`` (a slice when the read's
+    units are a contiguous range, else ``index_add_``). A read without spatial dims ([N, C])
+    is one ``addcmul_`` into the slice. docs/criterion.md compares the alternatives.
+    """
+    dims = read.sum_dims if g.dim() == read.ndim else _sum_dims(g.dim(), read.dim)
+    span = read.span
+    if not dims:
+        if span is not None:
+            acc[:, span[0]:span[1]].addcmul_(g, z)
+            return
+        gz = torch.mul(g, z, out=torch.empty(g.shape, dtype=torch.float32, device=g.device))
+    else:
+        prod = torch.mul(g, z) if scratch is None else torch.mul(g, z, out=scratch.like(g))
+        gz = prod.sum(dims, dtype=torch.float32)
+        if span is not None:
+            acc[:, span[0]:span[1]].add_(gz)
+            return
+    if read.index.numel() != gz.shape[1]:
+        gz = gz.index_select(1, read.index)  # positions of channels in no group
+    acc.index_add_(1, read.targets, gz)
+
+
+def _add_shared(acc: torch.Tensor, g: torch.Tensor, z: torch.Tensor, read: Read, batch: int) -> None:
+    """A read with no example dimension: its gradient is already summed over the examples, so
+    every example gets the batch mean of Σ g·z (rare: Swin-V2's position-bias MLP)."""
+    if read.dim == 0:
+        g, z, dim = g.unsqueeze(0), z.unsqueeze(0), 1
+    else:
+        dim = read.dim
+    gz = torch.mul(g, z).sum((0, *_sum_dims(g.dim(), dim)), dtype=torch.float32) / batch  # [C]
+    acc.index_add_(1, read.targets, gz.index_select(0, read.index).expand(acc.shape[0], -1))
+
+
 class _Scratch:
-    """One reusable buffer per device for the elementwise product g·z. A fresh activation-sized
-    temporary per read is a fresh large allocation, which the C allocator serves with new pages
-    from the kernel (page faults on first touch) every time; reusing one buffer avoids that."""
+    """One reusable buffer per dtype for the elementwise product g·z, viewed with the strides
+    of the tensor it stands for, so a channels_last product stays channels_last. The views are
+    kept per shape and strides: a step reads the same few shapes again and again."""
 
     def __init__(self) -> None:
-        self.buffers: dict[torch.device, torch.Tensor] = {}
+        self.buffers: dict[torch.dtype, torch.Tensor] = {}
+        self.views: dict[tuple, torch.Tensor] = {}
 
     def like(self, t: torch.Tensor) -> torch.Tensor:
-        buf = self.buffers.get(t.device)
+        key = (t.shape, t.stride(), t.dtype)
+        view = self.views.get(key)
+        if view is not None:
+            return view
+        if not (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))):
+            return torch.empty_like(t)  # not dense: its strides do not fit a flat buffer
+        buf = self.buffers.get(t.dtype)
         if buf is None or buf.numel() < t.numel():
-            buf = self.buffers[t.device] = torch.empty(t.numel(), dtype=torch.float32, device=t.device)
-        return buf[: t.numel()].view(t.shape)
-
-
-def _per_position(g: torch.Tensor, z: torch.Tensor, dim: int, scratch: _Scratch | None = None) -> torch.Tensor:
-    """Σ over all dims but batch and ``dim`` of g·z, per example and position, in float32."""
-    n, c = z.shape[0], z.shape[dim]
-    g = g.movedim(dim, 1).reshape(n, c, -1).float()
-    z = z.detach().movedim(dim, 1).reshape(n, c, -1).float()
-    with torch.autocast(g.device.type, enabled=False):  # backward may run inside autocast
-        if scratch is None:
-            # one pass over g and z; einsum lowers this to a bmm of tiny matrices, ~40 % slower
-            return torch.linalg.vecdot(g, z, dim=-1)
-        return torch.mul(g, z, out=scratch.like(g)).sum(-1)
+            buf = self.buffers[t.dtype] = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
+            self.views = {k: v for k, v in self.views.items() if k[2] != t.dtype}  # of the old buffer
+        view = self.views[key] = buf[: t.numel()].as_strided(t.shape, t.stride())
+        return view

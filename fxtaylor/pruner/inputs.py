@@ -9,33 +9,26 @@ import torch.nn as nn
 from ..errors import FxTaylorError
 
 
-def check(target, lam, n, k, floor, val_loader, evaluate, eval_every, final, tol, ckpt_dir, resume) -> None:
-    if not (isinstance(target, (int, float)) and 0 < target < 1):
-        raise FxTaylorError(f"target_flops must be a fraction of the original FLOPs in (0, 1), got {target!r}")
-    if not (isinstance(lam, (int, float)) and lam >= 0):
-        raise FxTaylorError(f"flops_reg (λ) must be >= 0, got {lam!r}")
-    if not (isinstance(n, int) and n >= 1):
-        raise FxTaylorError(f"updates_between_prunes must be an integer >= 1, got {n!r}")
-    if k is not None and not (isinstance(k, int) and k >= 1):
-        raise FxTaylorError(f"maps_per_prune must be an integer >= 1 or None, got {k!r}")
-    if not (isinstance(eval_every, int) and eval_every >= 1) or not (isinstance(final, int) and final >= 0):
-        raise FxTaylorError("eval_every must be >= 1 and final_updates >= 0")
-    if not 0 <= tol < 1:
-        raise FxTaylorError(f"tolerance must be in [0, 1), got {tol!r}")
-    if floor is not None:
-        if val_loader is None and evaluate is None:
-            raise FxTaylorError("min_accuracy needs val_loader or evaluate to measure accuracy")
-        if not 0 <= floor <= 1:
-            raise FxTaylorError(f"min_accuracy is a fraction in [0, 1], got {floor!r}")
+def check(schedule, val_loader, evaluate, ckpt_dir, resume) -> None:
+    """What the dataclasses cannot check alone (they check their own fields)."""
+    if schedule.min_accuracy is not None and val_loader is None and evaluate is None:
+        raise FxTaylorError("min_accuracy needs val_loader or evaluate to measure accuracy")
     if resume and ckpt_dir is None:
         raise FxTaylorError("resume=True needs the checkpoint_dir of the interrupted run")
 
 
-def first_batch(loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+def first_batch(loader: Iterable, custom: bool = False) -> tuple[torch.Tensor, Any]:
+    """The first batch as (inputs, labels). ``custom``: a ``train_step`` reads the batch, so
+    only its inputs (a tensor, or the first item of a tuple/list) must be found."""
     try:
         batch = next(iter(loader))
     except StopIteration:
         raise FxTaylorError("the training loader yields no batches") from None
+    if custom:
+        x = batch if isinstance(batch, torch.Tensor) else batch[0] if isinstance(batch, (tuple, list)) and batch else None
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[0] == 0:
+            raise FxTaylorError(f"the training loader's batches must be a tensor or start with the input tensor; got {describe(batch)}")
+        return x, None
     if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(b, torch.Tensor) for b in batch[:2])):
         raise FxTaylorError(f"the training loader must yield (inputs, labels) tensor pairs; got {describe(batch)}")
     if batch[0].shape[0] == 0:

@@ -1,9 +1,8 @@
-"""Numbers a run reports: parameters, top-1 accuracy, latency."""
+"""Numbers a run reports: parameters, top-1 accuracy, widths, environment (latency:
+:func:`fxtaylor.latency.measure`)."""
 from __future__ import annotations
 
 import platform
-import statistics
-import time
 from typing import Any, Iterable
 
 import torch
@@ -34,35 +33,6 @@ def accuracy(model: nn.Module, loader: Iterable) -> float:
     finally:
         model.train(was)
     return right / total if total else float("nan")
-
-
-def latency_ms(models: list[nn.Module], example: torch.Tensor, repeats: int = 30, warmup: int = 3) -> list[float]:
-    """Median forward time (ms) of each model on ``example``, timed in interleaved rounds so a
-    noisy machine slows every model alike (the ratio is what to read)."""
-    times: list[list[float]] = [[] for _ in models]
-    states = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        with torch.inference_mode():
-            for r in range(warmup + repeats):
-                for i, m in enumerate(models):
-                    x = example.to(device_of(m))
-                    _sync(x)
-                    t = time.perf_counter()
-                    m(x)
-                    _sync(x)
-                    if r >= warmup:
-                        times[i].append((time.perf_counter() - t) * 1e3)
-    finally:
-        for m, s in zip(models, states):
-            m.train(s)
-    return [statistics.median(t) for t in times]
-
-
-def _sync(x: torch.Tensor) -> None:
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
 
 
 def out_channels(model: nn.Module) -> dict[str, int]:

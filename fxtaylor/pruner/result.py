@@ -15,11 +15,13 @@ class PruneResult:
     """``model`` is the pruned model (the one passed in, pruned in place, unless an accuracy
     floor stopped the run: then the last model that met it). ``arch`` is its arch record
     (:mod:`fxtaylor.models`); ``before``/``after`` hold flops, params, accuracy (None without
-    validation data) and latency_ms; ``history`` one record per pruning step."""
+    validation data), latency_ms and latency_iqr_ms (measured side by side as deployed);
+    ``history`` one record per pruning step. ``target_flops`` or ``target_latency`` is the
+    target (the other None)."""
 
     model: nn.Module
     arch: dict
-    target_flops: float
+    target_flops: float | None
     reached: bool
     stop_reason: str
     before: dict[str, Any]
@@ -30,6 +32,7 @@ class PruneResult:
     config: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    target_latency: float | None = None
 
     @property
     def flops_ratio(self) -> float:
@@ -45,7 +48,7 @@ class PruneResult:
 
         return {
             "fxtaylor": __version__, "config": self.config, "environment": self.environment,
-            "target_flops": self.target_flops, "reached": self.reached, "stop_reason": self.stop_reason,
+            "target_flops": self.target_flops, "target_latency": self.target_latency, "reached": self.reached, "stop_reason": self.stop_reason,
             "before": self.before, "after": self.after, "speedup": self.speedup, "history": self.history,
             "layers": self.layers, "model_file": model_file, "timings": self.timings,
         }

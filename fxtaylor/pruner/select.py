@@ -1,29 +1,37 @@
-"""Which maps go in a pruning step: one global ranking, capped by count and by the FLOPs target.
-:func:`cut` removes them (also usable alone: one-shot pruning to a FLOPs target).
+"""Which maps go in a pruning step: a pure selection over the channel graph, for any resource.
+:func:`cut` removes them (also usable alone: one-shot pruning to a target).
 
-Every unit of every prunable group gets its final score (``importance.group_scores``: ℓ2
-normalised within its group, minus λ·cost); all are sorted together, lowest first, and taken
-until ``k`` are chosen or the estimated FLOPs reach the target. A group never goes below its
-``min_keep``. Near the target a map whose removal would overshoot below the tolerance band is
-skipped for the next-ranked one that fits, so the run ends within the band instead of one
-expensive map past it.
+Every unit of every prunable group has its final score (``importance.group_scores``: ℓ2
+normalised within its group, minus λ·cost). A group loses its lowest-scored units first, in
+*chunks*: one unit at a time, or ``round_to`` at a time so that its width stays a multiple of
+``round_to`` (a latency cost model proposes the multiple its measured tables prefer). Chunks of
+all groups compete greedily, one at a time, in one of two orders:
 
-The estimate subtracts each unit's cost (:func:`fxtaylor.flops.unit_costs`) from the current
-FLOPs. Costs are exact per unit; for a conv losing both input and output channels in one step
-the true saving is smaller than the sum (FLOPs ∝ Cin·Cout), so the estimate never
-over-predicts FLOPs and the loop re-counts with fvcore after every cut.
+- ``"rank"`` — the paper's: lowest mean score first. Which units go does not depend on the
+  resource except through λ·cost.
+- ``"knapsack"`` — lowest importance per resource saved first (HALP's greedy ordering): a
+  chunk that saves much latency for little importance goes before a cheaper, slightly less
+  important one. Chunks that save nothing wait until last.
+
+After each chunk, the resource is *predicted* for the new widths by the cost model (a
+function of every layer's channel counts, not a sum of unit costs: latency does not add up per
+unit, and a conv losing inputs and outputs saves less than the two savings summed). Taking
+stops at ``k`` units or once the prediction reaches the target; a chunk that would overshoot
+below ``floor`` is skipped for the next one that fits, so runs end inside the tolerance band.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
-from .. import flops, optim
-from ..graph import ChannelGroup, trace
+from .. import optim
+from ..cost import CostModel
+from ..graph import ChannelGroup
 from ..importance.base import GraphImportance
+
+MODES = ("rank", "knapsack")
 
 
 @dataclass
@@ -32,93 +40,136 @@ class Cut:
     channels: torch.Tensor  # group-local, ascending
 
 
-def select(imp: GraphImportance, k: int, flops_now: float, target: float, floor: float, round_to: int = 1) -> list[Cut]:
-    """Up to ``k`` lowest-ranked units, stopping once ``flops_now`` minus their costs is at or
-    below ``target``, never going below ``floor``.
+class _Queue:
+    """One group's removable units, lowest score first, handed out a chunk at a time."""
 
-    ``round_to`` > 1 keeps every group wider than it at a multiple of ``round_to`` units: a
-    group's sorted units are ranked in chunks (the remainder first, then ``round_to`` at a
-    time) scored by their mean, so a group loses whole chunks. Vectorised kernels (oneDNN,
-    cuDNN) prefer channel counts that are multiples of 8 or 16; on CPU this measured faster at
-    batch 1 and neutral at batch 32 (docs/results.md).
+    def __init__(self, g: ChannelGroup, scores: torch.Tensor, r: int):
+        order = torch.sort(scores, stable=True).indices
+        self.group, self.r = g, r if g.size > r else 1
+        self.order, self.scores = order, scores[order]
+        self.end = g.size - -(-g.min_keep // self.r) * self.r  # how many may go, min_keep rounded up
+        self.pos = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(group-local channels, their scores) of the next chunk, or None when exhausted."""
+        first = (self.group.size % self.r) if self.pos == 0 else 0
+        size = first or self.r
+        if self.pos + size > self.end:
+            return None
+        sl = slice(self.pos, self.pos + size)
+        return self.order[sl], self.scores[sl]
+
+
+def select(imp: GraphImportance, k: int, target: float, floor: float, round_to: int | None = 1,
+           cost: CostModel | None = None, mode: str = "rank", exclude: frozenset[int] = frozenset(),
+           coarsen: int = 1) -> list[Cut]:
+    """Up to ``k`` units in chunks, stopping once the predicted resource is at or below
+    ``target``, never predicted below ``floor`` (both in the cost model's unit).
+
+    ``round_to``: chunk size (None: each group's ``cost.alignment``, 1 for FLOPs).
+    ``exclude``: group indices left out. ``coarsen``: chunks that many times larger.
     """
-    groups = imp.graph.prunable_groups
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    cost = (cost or imp.cost).sync(imp.graph, imp.example_inputs)
+    L = cost.layers
+    groups = [g for g in imp.graph.prunable_groups if g.index not in exclude]
     if not groups or k <= 0:
         return []
-    raw, costs = imp.unit_scores(), imp.unit_costs()
-    chunk_scores, chunk_costs, chunk_owner, chunk_units = [], [], [], []  # chunk_units: list of lists
-    for gi, g in enumerate(groups):
-        s = imp.group_scores(g, raw)
-        order = torch.sort(s, stable=True).indices
-        r = round_to if g.size > round_to else 1
-        end = g.size - -(-g.min_keep // r) * r  # units that may go, keeping min_keep rounded up
-        rem = g.size % r
-        if end < max(rem, 1):
-            continue
-        n_chunks = (1 if rem else 0) + (end - rem) // r
-        lim = rem + (n_chunks - (1 if rem else 0)) * r
-        pos = torch.arange(lim)
-        cid = torch.where(pos < rem, 0, (pos - rem) // r + (1 if rem else 0))
-        size = torch.bincount(cid, minlength=n_chunks).to(torch.float64)
-        chunk_scores.append(torch.zeros(n_chunks, dtype=torch.float64).index_add_(0, cid, s[order[:lim]]) / size)
-        chunk_costs.append(torch.zeros(n_chunks, dtype=torch.float64).index_add_(0, cid, costs[g.units[order[:lim]]].to(torch.float64)))
-        chunk_owner += [gi] * n_chunks
-        units = order[:lim].tolist()
-        starts = [0] + ([rem] if rem else []) + list(range(rem + r if rem else r, lim, r))
-        chunk_units += [units[a:b] for a, b in zip(starts, starts[1:] + [lim])][:n_chunks]
-    if not chunk_units:
-        return []
-    scores = torch.cat(chunk_scores)
-    cost_l = torch.cat(chunk_costs).tolist()
-    cands = [(i, chunk_owner[i], chunk_units[i], cost_l[i]) for i in torch.sort(scores, stable=True).indices.tolist()]
-    picked: list[list[int]] = [[] for _ in groups]
-    est, taken = float(flops_now), 0
-    for _, gi, idx, cost in cands:  # lowest mean score first; ties keep group order
-        if taken >= k or est <= target:
+    raw = imp.unit_scores()
+    queues = {}
+    for g in groups:
+        r = round_to or cost.alignment(L.names[i] for i in L.of_group.get(g.index, ()))
+        queues[g.index] = _Queue(g, imp.group_scores(g, raw), r * coarsen)
+    cin, cout = list(L.cin), list(L.cout)  # the widths as chunks are taken
+
+    def layer(i: int) -> float:
+        return cost.layer_cost(L.names[i], cin[i], cout[i])
+
+    def candidate(q: _Queue):
+        nxt = q.next()
+        if nxt is None:
+            return None
+        local, s = nxt
+        units = q.group.units[local]
+        deltas = {i: L.delta(i, units) for i in L.of_group.get(q.group.index, ())}
+        saved = 0.0
+        for i, (di, do) in deltas.items():
+            saved += layer(i) - cost.layer_cost(L.names[i], max(cin[i] - di, 0), max(cout[i] - do, 0))
+        value = float(s.sum())
+        if mode == "rank":
+            key = value / len(local)
+        else:
+            key = value / saved if saved > 0 else math.inf
+        return key, local, deltas, saved
+
+    cands = {gi: candidate(q) for gi, q in queues.items()}
+    picked: dict[int, list[torch.Tensor]] = {gi: [] for gi in queues}
+    est, taken = cost.total(), 0
+    while taken < k and est > target:
+        live = [(c[0], gi) for gi, c in cands.items() if c is not None]
+        if not live:
             break
-        if est - cost < floor:
+        _, gi = min(live)  # ties: lowest group index (stable across ranks)
+        key, local, deltas, saved = cands[gi]
+        if est - saved < floor:
+            cands[gi] = None  # overshoots the band: this group is done for this step
             continue
-        picked[gi] += idx
-        est -= cost
-        taken += len(idx)
-    return [Cut(g, torch.tensor(sorted(p), dtype=torch.long)) for g, p in zip(groups, picked) if p]
+        picked[gi].append(local)
+        est -= saved
+        taken += len(local)
+        queues[gi].pos += len(local)
+        for i, (di, do) in deltas.items():
+            cin[i], cout[i] = max(cin[i] - di, 0), max(cout[i] - do, 0)
+        for gj in {gj for i in deltas for gj in L.of_layer[i]} | {gi}:  # groups sharing a narrowed layer
+            if gj == gi or cands.get(gj) is not None:
+                cands[gj] = candidate(queues[gj])
+    return [Cut(queues[gi].group, torch.sort(torch.cat(p)).values) for gi, p in picked.items() if p]
 
 
 def cut(imp: GraphImportance, target: float, k: int | None = None, tolerance: float = 0.01,
-        optimizer: torch.optim.Optimizer | None = None, round_to: int = 1) -> list[int]:
+        optimizer: torch.optim.Optimizer | None = None, round_to: int | None = 1,
+        cost: CostModel | None = None, mode: str = "rank", repeat: bool = True) -> list[int]:
     """Remove the lowest-ranked units of ``imp``'s graph from its model: up to ``k`` (all that
-    are needed if None), stopping at ``target`` FLOPs (absolute) within ``tolerance`` below it.
-    The optimizer's state follows the kept channels. Returns the removed units (global ids).
+    are needed if None), stopping at ``target`` (absolute, in the cost model's unit — FLOPs by
+    default) within ``tolerance`` below it. The optimizer's state follows the kept channels.
+    Returns the removed units (global ids).
 
-    Re-selects after each cut if the estimate stopped short of the target (it never
-    over-predicts a saving, so this only adds units). If nothing fits the band and the FLOPs are
-    more than ``tolerance`` above the target, the single lowest-ranked unit (or chunk, with
-    ``round_to``, see :func:`select`) goes anyway.
+    ``repeat``: re-select after each cut if the resource, re-counted, stopped short of the
+    target (FLOPs outside leaf modules are not predicted). If nothing fits the band and the
+    resource is more than ``tolerance`` above the target, the single lowest-ranked chunk goes
+    anyway.
     """
+    cost = cost or imp.cost
     k = k if k is not None else int(imp.graph.group_of_unit.numel())
     floor, removed = target * (1 - tolerance), []
-    for _ in range(8):
-        now = imp.total_flops()
-        cuts = select(imp, k - len(removed), now, target, floor, round_to)
+    for _ in range(8 if repeat else 1):
+        now = cost.sync(imp.graph, imp.example_inputs).total()
+        cuts = select(imp, k - len(removed), target, floor, round_to, cost, mode)
         if not cuts and not removed and now > target * (1 + tolerance):
-            cuts = select(imp, 1, now, target, -math.inf, round_to)
+            cuts = select(imp, 1, target, -math.inf, round_to, cost, mode)
         if not cuts:
             break
         for c in cuts:
             removed += c.group.units[c.channels].tolist()
             optim.prune_keeping_state(imp.graph, c.group, c.channels, optimizer)
-        if len(removed) >= k or imp.total_flops() <= target:
+        if len(removed) >= k or cost.sync(imp.graph, imp.example_inputs).total() <= target:
             break
     return removed
 
 
-def min_flops(imp: GraphImportance, example_inputs, **trace_kwargs) -> int:
-    """The FLOPs of the smallest model pruning can reach: a copy with every prunable group cut
-    to its ``min_keep`` cheapest units, counted by fvcore. A lower target cannot be reached."""
-    model = copy.deepcopy(imp.model)
-    graph = trace(model, example_inputs, **trace_kwargs)
-    cost = imp.unit_costs()
-    for g in graph.prunable_groups:
-        order = torch.argsort(cost[g.units], stable=True)
-        graph.prune(g, order[g.min_keep:])
-    return flops.count(model, example_inputs)[0]
+def minimum(imp: GraphImportance, cost: CostModel | None = None) -> float:
+    """The predicted resource of the smallest model pruning can reach: every prunable group cut
+    to its ``min_keep`` cheapest units. A lower target cannot be reached."""
+    cost = (cost or imp.cost).sync(imp.graph, imp.example_inputs)
+    L, unit_cost = cost.layers, cost.unit_costs()
+    gone = [g.units[torch.argsort(unit_cost[g.units], descending=True, stable=True)[: g.num_prunable]]
+            for g in imp.graph.prunable_groups]
+    if not gone:
+        return cost.total()
+    units = torch.cat(gone)
+    widths = {}
+    for i, n in enumerate(L.names):
+        di, do = L.delta(i, units)
+        widths[n] = (max(L.cin[i] - di, 0), max(L.cout[i] - do, 0))
+    return cost.predict(widths)

@@ -1,0 +1,169 @@
+"""The cost-model interface and the per-layer channel bookkeeping every cost model shares."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from ..graph import ChannelGraph
+
+DENSE, SINGLE = "dense", "single"
+"""A *dense* layer's cost depends on its input and output widths separately (conv with one
+group, linear); a *single*-width layer has one channel count that input and output share (batch
+norm, activation, pooling, depthwise and grouped convs, whose groups go whole)."""
+
+
+def _module_widths(m: nn.Module) -> tuple[int | None, int | None]:
+    cin = getattr(m, "in_channels", getattr(m, "in_features", None))
+    cout = getattr(m, "out_channels", getattr(m, "out_features", None))
+    return cin, cout
+
+
+class Layers:
+    """The layers of a channel graph whose width pruning changes, with their widths now and the
+    units on each side — so a set of removed units becomes new (cin, cout) per layer.
+
+    Built from :meth:`ChannelGraph.module_io`: a module appears if any position of its input or
+    output channel dimension belongs to a unit. A side without units keeps the module's own
+    width (the stem conv's 3 input channels).
+    """
+
+    def __init__(self, graph: ChannelGraph):
+        self.graph = graph
+        self.names: list[str] = []
+        self.kind: list[str] = []
+        self.cin: list[int] = []
+        self.cout: list[int] = []
+        self.ins: list[torch.Tensor | None] = []
+        self.outs: list[torch.Tensor | None] = []
+        touching: dict[int, set[int]] = defaultdict(set)  # group index -> layer indices
+        for name, (ins, outs) in graph.module_io().items():
+            m = graph.model.get_submodule(name)
+            fin, fout = _module_widths(m)
+            cin = ins.numel() if ins is not None else (fin if fin is not None else outs.numel())
+            cout = outs.numel() if outs is not None else (fout if fout is not None else cin)
+            dense = (isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1) or isinstance(m, nn.Linear)
+            i = len(self.names)
+            self.names.append(name)
+            self.kind.append(DENSE if dense else SINGLE)
+            self.cin.append(int(cin))
+            self.cout.append(int(cout))
+            self.ins.append(ins)
+            self.outs.append(outs)
+            for side in (ins, outs):
+                if side is not None:
+                    u = side[side >= 0]
+                    for gi in graph.group_of_unit[u].unique().tolist() if u.numel() else ():
+                        touching[gi].add(i)
+        self.of_group = {g: sorted(v) for g, v in touching.items()}
+        self.of_layer: list[list[int]] = [[] for _ in self.names]  # layer index -> group indices
+        for g, layers in self.of_group.items():
+            for i in layers:
+                self.of_layer[i].append(g)
+
+    def widths(self) -> dict[str, tuple[int, int]]:
+        return {n: (ci, co) for n, ci, co in zip(self.names, self.cin, self.cout)}
+
+    def delta(self, layer: int, units: torch.Tensor) -> tuple[int, int]:
+        """Input and output channels ``layer`` loses when ``units`` go."""
+        ins, outs = self.ins[layer], self.outs[layer]
+        di = int(torch.isin(ins, units).sum()) if ins is not None else 0
+        do = int(torch.isin(outs, units).sum()) if outs is not None else 0
+        return di, do
+
+    def per_unit_deltas(self, layer: int, n_units: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For every unit of the graph: input and output channels ``layer`` loses if it goes alone."""
+        def count(side):
+            if side is None:
+                return torch.zeros(n_units, dtype=torch.long)
+            return torch.bincount(side[side >= 0], minlength=n_units)
+        return count(self.ins[layer]), count(self.outs[layer])
+
+
+class CostModel(ABC):
+    """A resource: ``layer_cost`` per layer at any widths, plus a constant remainder.
+
+    Lifecycle: :meth:`sync` with the model's channel graph whenever the architecture may have
+    changed (cheap when it did not); then :meth:`total`, :meth:`predict`, :meth:`unit_costs`.
+    """
+
+    name: str = ""
+    unit: str = ""
+
+    def __init__(self) -> None:
+        self.layers: Layers | None = None
+        self._key: tuple | None = None
+        self._unit_costs: torch.Tensor | None = None
+
+    # -- to implement ------------------------------------------------------------------------
+
+    @abstractmethod
+    def refresh(self, model: nn.Module, example_inputs, layers: Layers) -> None:
+        """Learn the cost of the architecture ``layers`` describes (fvcore count, tables)."""
+
+    @abstractmethod
+    def layer_cost(self, name: str, cin: int, cout: int) -> float:
+        """Cost of layer ``name`` at ``cin`` input and ``cout`` output channels."""
+
+    @abstractmethod
+    def remainder(self) -> float:
+        """The part of the total that no layer's width changes (frozen or unmodelled work)."""
+
+    def alignment(self, group_layers: Iterable[str]) -> int:
+        """Channel multiple the resource prefers for a group touching these layers (1: none)."""
+        return 1
+
+    def describe(self) -> dict:
+        """What report.json records about this cost model."""
+        return {"resource": self.name, "unit": self.unit}
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def sync(self, graph: ChannelGraph, example_inputs) -> "CostModel":
+        key = (id(graph), tuple(u.numel() for u in graph.unit_maps.values()))
+        if key != self._key:
+            self.layers = Layers(graph)
+            self.refresh(graph.model, example_inputs, self.layers)
+            self._key, self._unit_costs = key, None
+        return self
+
+    def predict(self, widths: dict[str, tuple[int, int]] | None = None) -> float:
+        """The resource at ``widths`` (layer name -> (cin, cout); missing layers as they are)."""
+        L = self.layers
+        widths = widths or {}
+        total = self.remainder()
+        for n, ci, co in zip(L.names, L.cin, L.cout):
+            total += self.layer_cost(n, *widths.get(n, (ci, co)))
+        return total
+
+    def total(self) -> float:
+        """The resource of the model as it is now, as this model knows it."""
+        return self.predict()
+
+    def saving(self, layer_deltas: dict[int, tuple[int, int]]) -> float:
+        """What removing channels saves: ``layer_deltas`` maps layer index -> (lost in, lost out)."""
+        L, s = self.layers, 0.0
+        for i, (di, do) in layer_deltas.items():
+            n, ci, co = L.names[i], L.cin[i], L.cout[i]
+            s += self.layer_cost(n, ci, co) - self.layer_cost(n, max(ci - di, 0), max(co - do, 0))
+        return s
+
+    def unit_costs(self) -> torch.Tensor:
+        """What removing each unit alone saves (float64, by global unit id): λ's cost."""
+        if self._unit_costs is None:
+            L = self.layers
+            n = int(L.graph.group_of_unit.numel())
+            cost = torch.zeros(n, dtype=torch.float64)
+            for i, name in enumerate(L.names):
+                di, do = L.per_unit_deltas(i, n)
+                here = self.layer_cost(name, L.cin[i], L.cout[i])
+                pairs = torch.stack([di, do], 1)
+                for a, b in torch.unique(pairs, dim=0).tolist():  # few distinct (in, out) losses
+                    if a or b:
+                        saved = here - self.layer_cost(name, max(L.cin[i] - a, 0), max(L.cout[i] - b, 0))
+                        cost[(di == a) & (do == b)] += saved
+            self._unit_costs = cost
+        return self._unit_costs

@@ -1,0 +1,60 @@
+"""Latency as deployed as the resource: the measured per-layer tables of
+:class:`fxtaylor.latency.LatencyModel`, built (or read from the cache) for the model's exact
+layers on the user's device.
+
+A table is built once, for the dense architecture, and answers for every narrower version of
+each layer: so pruning never rebuilds it. ``total`` is the model's *prediction*; the loop checks
+every cut by measuring (:func:`fxtaylor.latency.measure`), and stops at the target by
+measurement, not by prediction.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+import torch.nn as nn
+
+from .base import CostModel, Layers
+
+if TYPE_CHECKING:
+    from ..latency import Deployment, LatencyModel
+
+
+class LatencyCost(CostModel):
+    name, unit = "latency", "ms"
+
+    def __init__(self, deployment: Deployment | None = None, *, cache_dir: Path | None = None, progress: bool = True,
+                 table: LatencyModel | None = None):
+        from ..latency import Deployment
+
+        super().__init__()
+        self.deployment = deployment or Deployment()
+        self.cache_dir, self.progress = cache_dir, progress
+        self.table = table
+
+    def refresh(self, model: nn.Module, example_inputs, layers: Layers) -> None:
+        if self.table is None:  # built for the first (dense) architecture it sees, then reused
+            from ..latency import LatencyModel
+
+            x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+            self.deployment = self.deployment.resolved(model)
+            self.table = LatencyModel.build(model, x, self.deployment, layers=layers.names, cache_dir=self.cache_dir,
+                                            progress=self.progress)
+        self._known = set(self.table.layers)
+
+    def layer_cost(self, name: str, cin: int, cout: int) -> float:
+        if name not in self._known:  # not modelled: its time is in the remainder
+            return 0.0
+        return self.table.layer_ms(name, cin, cout)
+
+    def remainder(self) -> float:
+        return self.table.remainder_ms
+
+    def alignment(self, group_layers: Iterable[str]) -> int:
+        return max([self.table.alignment(n) for n in group_layers if n in self._known] or [1])
+
+    def describe(self) -> dict:
+        t = self.table
+        return {"resource": self.name, "unit": self.unit, "deployment": self.deployment.as_dict(),
+                "table": None if t is None else {"layers": len(t.layers), "dense_ms": t.dense_ms,
+                                                  "remainder_ms": t.remainder_ms, "build_s": t.build_s}}

@@ -1,0 +1,166 @@
+"""Where and how a model will run: the settings every latency number depends on.
+
+A latency is only meaningful for one device, batch size, dtype, memory format and CPU thread
+count; :class:`Deployment` names them, fills the unset ones from the model and the device
+(:meth:`Deployment.resolved`), and refuses settings the device cannot run before anything is
+timed, each with a one-line :class:`~fxtaylor.errors.FxTaylorError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import platform
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import FxTaylorError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+# Per-device default memory format, used when Deployment.memory_format is None.
+# CUDA: cuDNN's tensor-core kernels want NHWC; channels_last is the documented fast path for
+# float16/bfloat16 and never slower in the measurements of issue 12.
+# CPU: measured on this repository's 2-core Xeon (AVX-512, torch 2.14, oneDNN), dense torchvision
+# ResNet-50 and MobileNetV2 at 224 px, interleaved medians (docs/latency.md, "Measuring latency",
+# gives the numbers and the command): channels_last was faster for both models at batch 1 and 32.
+DEFAULT_MEMORY_FORMAT = {"cuda": "channels_last", "cpu": "channels_last"}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """How the model will run where it is deployed.
+
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None: the device of the model's
+    parameters. ``batch_size``: images per forward pass. ``dtype``: ``"float32"``,
+    ``"float16"`` or ``"bfloat16"`` (the model and input are cast to it for timing).
+    ``memory_format``: ``"channels_last"`` or ``"contiguous"`` (4-D tensors); None: the device's
+    default (:data:`DEFAULT_MEMORY_FORMAT`). ``threads``: CPU threads while timing; None:
+    ``torch.get_num_threads()``.
+
+    Construction checks what can be checked without a model (names, batch size, threads);
+    :meth:`resolved` checks the device and that it can run the dtype.
+    """
+
+    device: str | None = None
+    batch_size: int = 1
+    dtype: str = "float32"
+    memory_format: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise FxTaylorError(f"latency dtype {self.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
+        if self.memory_format is not None and self.memory_format not in MEMORY_FORMATS:
+            raise FxTaylorError(
+                f"latency memory format {self.memory_format!r} is unknown: use one of {', '.join(MEMORY_FORMATS)}"
+            )
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise FxTaylorError(f"latency batch size must be a whole number ≥ 1, got {self.batch_size!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise FxTaylorError(f"latency threads must be a whole number ≥ 1, got {self.threads!r}")
+
+    # -- filling in ----------------------------------------------------------------------------
+
+    def resolved(self, model: nn.Module) -> "Deployment":
+        """This deployment with every None filled: the model's device, the device's default
+        memory format, torch's thread count. Raises FxTaylorError for a device that does not
+        exist here or a dtype it cannot run (tried with a tiny conv, once per process)."""
+        device = _check_device(self.device if self.device is not None else str(_device_of(model)))
+        fmt = self.memory_format or DEFAULT_MEMORY_FORMAT.get(torch.device(device).type, "contiguous")
+        threads = self.threads if self.threads is not None else torch.get_num_threads()
+        _check_runs(device, self.dtype, fmt)
+        return dataclasses.replace(self, device=device, memory_format=fmt, threads=threads)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device or "cpu")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def torch_memory_format(self) -> torch.memory_format:
+        return MEMORY_FORMATS[self.memory_format or "contiguous"]
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def as_dict(self) -> dict:
+        """The settings plus the device's model name and torch's version (JSON-able): what a
+        report needs to say where its latencies were measured."""
+        d = dataclasses.asdict(self)
+        d["device_name"] = device_name(self.device) if self.device is not None else None
+        d["torch"] = torch.__version__
+        return d
+
+    def key(self) -> str:
+        """A stable file-name-safe string naming everything a latency depends on: device model
+        (GPU name or CPU model), torch version, batch, dtype, format, threads. Call it on a
+        :meth:`resolved` deployment (unset fields appear as ``auto``)."""
+        dev = self.device or "auto"
+        parts = [
+            dev.replace(":", ""), device_name(self.device) if self.device else "auto", f"torch{torch.__version__}",
+            f"b{self.batch_size}", self.dtype, self.memory_format or "auto", f"t{self.threads or 'auto'}",
+        ]
+        return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _check_device(device: str) -> str:
+    """The canonical name of ``device`` (``cuda`` → ``cuda:0``); FxTaylorError if there is no
+    such device on this machine."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FxTaylorError(f"latency device {device!r} is unknown: use 'cpu' or 'cuda[:index]'") from None
+    if d.type == "cpu":
+        return "cpu"
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FxTaylorError(f"latency device {device!r}: CUDA is not available in this torch build or machine")
+        index = d.index if d.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise FxTaylorError(f"latency device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return f"cuda:{index}"
+    raise FxTaylorError(f"latency device {device!r} is unknown: use 'cpu' or 'cuda[:index]'")
+
+
+@functools.lru_cache(maxsize=None)
+def _check_runs(device: str, dtype: str, memory_format: str) -> None:
+    """Run a tiny conv in ``dtype``/``memory_format`` on ``device``: kernels missing for a dtype
+    (float16 convolution on some CPU builds) fail here, once, not in the middle of a build."""
+    try:
+        with torch.inference_mode():
+            conv = nn.Conv2d(4, 4, 3, padding=1).to(device, DTYPES[dtype], memory_format=MEMORY_FORMATS[memory_format])
+            x = torch.randn(1, 4, 8, 8, device=device, dtype=DTYPES[dtype]).to(memory_format=MEMORY_FORMATS[memory_format])
+            conv(x).sum().item()
+    except (RuntimeError, NotImplementedError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FxTaylorError(f"latency dtype {dtype} cannot run on {device} ({memory_format}): {first}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def device_name(device: str) -> str:
+    """The hardware model: the GPU's name, or the CPU's model name from /proc/cpuinfo."""
+    d = torch.device(device)
+    if d.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(d)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"

@@ -1,0 +1,274 @@
+"""The latency model: a model's latency predicted from each layer's channel counts.
+
+    predicted = Σ over modelled layers of table(cin, cout)  +  remainder
+
+Tables are measured on the deployment's device (:mod:`.table`, :mod:`.layers`); the remainder
+is the measured dense latency minus the tables' sum at the dense counts, so the prediction at
+the dense widths is the measurement by construction. The remainder holds what no table models:
+functional ops (residual adds, ``torch.cat``, ``F.relu``, flatten), modules called at several
+shapes (torchvision ResNet's shared ReLU), Python and dispatch overhead between modules, and
+whatever isolated timing gets wrong about a layer inside the network (cache state). It is held
+constant under pruning, while its elementwise parts in fact shrink with the channels: after
+pruning, predictions err towards *slower* than measured, by about the remainder's channel-
+proportional share times the fraction of channels removed.
+
+Cache (``fxtaylor.job.cache_dir() / "latency" / <Deployment.key()>``, JSON, atomic writes):
+
+- ``tables/<layer key>.json``: one layer configuration's grid (shared by every model, and every
+  module, with that configuration);
+- ``models/<model key>.json``: a model's layer → table map, dense latency, remainder, alignment
+  sweeps. ``<model key>`` hashes the module structure, the input shape and the layer list.
+
+A full cache hit measures nothing. A file that cannot be read back is rebuilt, with a warning
+naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..files import atomic_write
+from . import alignment as align
+from . import layers as layers_mod
+from . import timing
+from .deployment import Deployment
+from .table import LayerTable, axis
+
+FORMAT_TABLE = "fxtaylor-latency-table"
+FORMAT_MODEL = "fxtaylor-latency-model"
+VERSION = 1
+POINT_S = 0.035  # seconds timed per grid point, over POINT_ROUNDS interleaved rounds of one short block
+POINT_ROUNDS = 7  # many short rounds: a busy spell of the machine lands on every grid point alike
+DENSE_S = 1.5  # seconds timed for the whole dense model (the remainder's noise)
+DENSE_ROUNDS = 5
+
+
+class LatencyModel:
+    """Predicted latency of a model as a function of each layer's channel counts.
+
+    ``layers``: modelled layer name → its :class:`LayerTable` (``cin0``/``cout0`` = dense
+    counts; names with one configuration share a table). ``remainder_ms``: measured dense
+    latency − Σ layers at dense counts. ``dense_ms``: measured dense latency (``dense`` holds
+    its :class:`Timing`). ``build_s``: seconds spent building (0 for a full cache hit).
+    ``skipped``: modules asked for but not modelled, with why. ``alignments``: per layer class,
+    the sweep behind :meth:`alignment`. ``deployment``: the resolved deployment.
+    """
+
+    def __init__(self, layers: dict[str, LayerTable], remainder_ms: float, dense_ms: float, build_s: float,
+                 deployment: Deployment, dense: timing.Timing | None = None, skipped: dict[str, str] | None = None,
+                 alignments: dict[str, dict] | None = None, classes: dict[str, str] | None = None, path: Path | None = None):
+        self.layers = layers
+        self.remainder_ms = remainder_ms
+        self.dense_ms = dense_ms
+        self.build_s = build_s
+        self.deployment = deployment
+        self.dense = dense
+        self.skipped = skipped or {}
+        self.alignments = alignments or {}
+        self.classes = classes or {}
+        self.path = path
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def layer_ms(self, name: str, cin: int, cout: int) -> float:
+        """Interpolated milliseconds of layer ``name`` at ``cin`` input and ``cout`` output
+        channels, all its calls in one forward pass together. One-count layers (norm,
+        activation, pool, depthwise conv) read ``cin``. KeyError for a name not modelled."""
+        return self.layers[name](cin, cout)
+
+    def predict(self, widths: Mapping[str, tuple[int, int]]) -> float:
+        """Predicted latency (ms) with each modelled layer at ``widths[name]`` = (in, out)
+        channels; layers not in ``widths`` at their dense counts; names not modelled ignored
+        (their time is in the remainder)."""
+        total = self.remainder_ms
+        for name, t in self.layers.items():
+            cin, cout = widths.get(name, (t.cin0, t.cout0))
+            total += t(cin, cout)
+        return total
+
+    def alignment(self, name: str) -> int:
+        """Preferred channel multiple of layer ``name``, from the measured sweep of its layer
+        class (:mod:`.alignment`); 1 when no multiple was measurably faster or no sweep applies."""
+        cls = self.classes.get(name)
+        return int(self.alignments.get(cls, {}).get("multiple", 1)) if cls else 1
+
+    def summary(self) -> str:
+        n_tables = len({id(t) for t in self.layers.values()})
+        al = ", ".join(f"{k} {v['multiple']}" for k, v in sorted(self.alignments.items())) or "none swept"
+        return (f"latency model: {len(self.layers)} layers ({n_tables} tables), dense {self.dense_ms:.3f} ms, "
+                f"remainder {self.remainder_ms:.3f} ms, alignment: {al}, built in {self.build_s:.1f} s")
+
+    # -- building ------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        deployment: Deployment,
+        *,
+        layers: Iterable[str] | None = None,
+        cache_dir: Path | None = None,
+        progress: bool = True,
+    ) -> "LatencyModel":
+        """Measure (or load from the cache) the latency model of ``model`` as ``deployment``
+        runs it. ``example_input``: one batch of the model's input (its per-sample shape is
+        used). ``layers``: names of the modules to model (e.g. ``graph.module_io()``'s); None:
+        every leaf module of a modelled type. ``cache_dir``: default
+        ``fxtaylor.job.cache_dir() / "latency"``. ``model`` itself is not modified."""
+        start = time.perf_counter()
+        dep = deployment.resolved(model)
+        if cache_dir is None:
+            from ..job import cache_dir as default_cache
+
+            cache_dir = default_cache() / "latency"
+        root = Path(cache_dir) / dep.key()
+        prepared = timing.prepare(model, dep)
+        x = timing.batch_like(example_input, dep)
+        specs, skipped = layers_mod.find(prepared, x, set(layers) if layers is not None else None)
+        model_path = root / "models" / f"{_model_key(prepared, x, specs)}.json"
+
+        tables: dict[str, LayerTable] = {}
+        missing: dict[str, layers_mod.LayerSpec] = {}
+        for s in specs:
+            key = s.key()
+            if key in tables or key in missing:
+                continue
+            t = _read(root / "tables" / f"{key}.json", FORMAT_TABLE, LayerTable.from_dict)
+            if t is not None:
+                tables[key] = t
+            else:
+                missing[key] = s
+        saved = _read(model_path, FORMAT_MODEL, lambda d: d)
+        if saved is not None and not missing and set(saved["layers"]) == {s.name for s in specs}:
+            return cls._assemble(specs, tables, saved, dep, skipped, 0.0, model_path)
+
+        points = sum(len(axis(s.cin0, s.step)) * (len(axis(s.cout0, s.step)) if s.counts == 2 else 1) for s in missing.values())
+        with tqdm(total=points + 1, desc="latency tables", unit="point", disable=not progress) as bar:
+            for key, s in missing.items():
+                tables[key] = _measure_table(s, dep)
+                _write(root / "tables" / f"{key}.json", {"format": FORMAT_TABLE, "version": VERSION, **tables[key].as_dict()})
+                bar.update(len(tables[key].ins) * max(len(tables[key].outs), 1))
+            bar.set_description("latency: dense model")
+            dense = timing.time_calls([(prepared, x)], dep, min_run_time=DENSE_S, rounds=DENSE_ROUNDS)[0]
+            bar.update()
+            alignments = _sweeps(specs, tables, dep, bar)
+        layer_sum = sum(tables[s.key()].dense_ms * s.calls for s in specs)
+        saved = {
+            "format": FORMAT_MODEL, "version": VERSION, "deployment": dep.as_dict(),
+            "layers": {s.name: {"table": s.key(), "calls": s.calls, "class": align.align_class(s)} for s in specs},
+            "skipped": skipped, "dense": dense.as_dict(), "remainder_ms": dense.median_ms - layer_sum,
+            "alignments": alignments, "build_s": time.perf_counter() - start,
+        }
+        _write(model_path, saved)
+        return cls._assemble(specs, tables, saved, dep, skipped, saved["build_s"], model_path)
+
+    @classmethod
+    def _assemble(cls, specs, tables, saved, dep, skipped, build_s, path) -> "LatencyModel":
+        by_name = {}
+        for s in specs:
+            t = tables[s.key()]
+            by_name[s.name] = t if s.calls == 1 else dataclasses.replace(t, ms=[[v * s.calls for v in r] for r in t.ms], calls=s.calls)
+        dense = timing.Timing(**saved["dense"])
+        classes = {n: v["class"] for n, v in saved["layers"].items()}
+        return cls(by_name, float(saved["remainder_ms"]), dense.median_ms, build_s, dep, dense, skipped,
+                   saved.get("alignments", {}), classes, path)
+
+
+def _measure_table(spec: layers_mod.LayerSpec, dep: Deployment) -> LayerTable:
+    """Time ``spec`` at every grid point, all points interleaved in each round."""
+    ins = axis(spec.cin0, spec.step)
+    outs = axis(spec.cout0, spec.step) if spec.counts == 2 else []
+    grid = [(i, o) for i in ins for o in (outs or [i])]
+    calls = []
+    for cin, cout in grid:
+        m, shape = spec.build(cin, cout)
+        calls.append((_ready(m, dep), _input(shape, dep)))
+    got = timing.time_calls(calls, dep, min_run_time=POINT_S, rounds=POINT_ROUNDS)
+    width = max(len(outs), 1)
+    ms = [[got[r * width + c].median_ms for c in range(width)] for r in range(len(ins))]
+    spread = statistics.median(timing.noise(t) for t in got)
+    return LayerTable(spec.kind, spec.cin0, spec.cout0, ins, outs, ms, 1, spec.config, spread)
+
+
+def _ready(m: nn.Module, dep: Deployment) -> nn.Module:
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    fmt = dep.torch_memory_format if any(p.dim() == 4 for p in m.parameters()) else torch.contiguous_format
+    return m.to(dep.torch_device, dep.torch_dtype, memory_format=fmt) if fmt is not torch.contiguous_format else m.to(dep.torch_device, dep.torch_dtype)
+
+
+def _input(shape: tuple[int, ...], dep: Deployment) -> torch.Tensor:
+    x = torch.randn(shape, device=dep.torch_device).to(dep.torch_dtype)
+    return x.contiguous(memory_format=dep.torch_memory_format) if x.dim() == 4 else x
+
+
+def _sweeps(specs, tables, dep: Deployment, bar) -> dict[str, dict]:
+    """One alignment sweep per layer class: the class's most expensive layer that is wide
+    enough to show a multiple (:func:`alignment.window`)."""
+    best: dict[str, tuple[float, layers_mod.LayerSpec]] = {}
+    for s in specs:
+        if align.window(s) is None:
+            continue
+        cost = tables[s.key()].dense_ms * s.calls
+        c = align.align_class(s)
+        if c not in best or cost > best[c][0]:
+            best[c] = (cost, s)
+    out = {}
+    for c, (_, s) in sorted(best.items()):
+        counts = align.window(s)
+        bar.total += len(counts)
+        bar.set_description(f"latency: alignment sweep ({c})")
+        calls = []
+        for n in counts:
+            m, shape = s.build(n, n)
+            calls.append((_ready(m, dep), _input(shape, dep)))
+        got = timing.time_calls(calls, dep, min_run_time=POINT_S, rounds=POINT_ROUNDS)
+        bar.update(len(counts))
+        ms = [t.median_ms for t in got]
+        sigma = statistics.median(t.iqr_ms for t in got) / 1.349
+        multiple, gain = align.detect(counts, ms, sigma)
+        out[c] = {"multiple": multiple, "gain": gain, "layer": s.name, "counts": counts, "ms": ms, "sigma_ms": sigma}
+    return out
+
+
+def _model_key(prepared: nn.Module, x: torch.Tensor, specs) -> str:
+    blob = json.dumps({"structure": repr(prepared), "input": list(x.shape), "layers": [(s.name, s.key(), s.calls) for s in specs]})
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _read(path: Path, fmt: str, parse):
+    """The parsed content of cache file ``path``; None if absent. A file that exists but cannot
+    be read back (truncated, edited, another version) is reported and treated as absent."""
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        if d.get("format") != fmt or d.get("version") != VERSION:
+            raise ValueError(f"not a {fmt} version {VERSION} file")
+        out = parse(d)
+        if fmt == FORMAT_MODEL:
+            timing.Timing(**d["dense"])
+            float(d["remainder_ms"])
+            if not isinstance(d["layers"], dict):
+                raise ValueError("layers is not a mapping")
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        warnings.warn(f"latency cache file {path} is corrupt ({type(e).__name__}: {e}); rebuilding it", stacklevel=3)
+        return None
+
+
+def _write(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(obj, indent=1, allow_nan=False).encode())

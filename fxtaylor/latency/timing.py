@@ -1,0 +1,158 @@
+"""Timing forward passes: the one place fxtaylor measures time.
+
+Everything that reports a latency — the run's before/after numbers, the latency model's tables,
+the whole-model remainder — goes through :func:`time_calls`, so all of them share warm-up,
+inference mode, accelerator synchronisation, thread count and the interleaving that keeps a busy
+machine from favouring whichever model ran in a quiet moment.
+
+The clock is ``torch.utils.benchmark.Timer`` (it synchronises CUDA before reading the clock and
+sets the thread count). Blocks are timed with ``Timer.timeit(number)`` at a block size chosen
+from the warm-up runs rather than with ``blocked_autorange``: the latter first grows its block
+until the timer's overhead is below 1e-4 of it, which costs about 0.2 s per call whatever
+``min_run_time`` says (measured: 0.24 s for a 1 ms conv at ``min_run_time=0.02``) — minutes for a
+latency table of hundreds of small layers. Blocks here last ≥ 5 ms (or one run), where the
+timer's microsecond overhead is already below 1 %.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils import benchmark
+
+from .deployment import Deployment
+
+BLOCK_S = 0.005  # shortest block worth timing: the timer's ~µs overhead stays below 1 %
+WARMUP = 2  # untimed runs first: oneDNN/cuDNN pick and cache their kernels on the first call
+
+# Number of time_calls() invocations in this process: tests read it to check that a cache hit
+# measures nothing.
+CALLS = 0
+
+
+@dataclass
+class Timing:
+    """A measured latency: median milliseconds, interquartile range of the timed blocks
+    (spread), and how many forward passes were timed."""
+
+    median_ms: float
+    iqr_ms: float
+    runs: int
+    rounds_ms: tuple[float, ...] = ()  # median of each interleaved round: round i of every model ran side by side
+
+    def as_dict(self) -> dict:
+        return {"median_ms": self.median_ms, "iqr_ms": self.iqr_ms, "runs": self.runs}
+
+
+def noise(timing: Timing) -> float:
+    """Relative noise of a measurement: IQR ÷ median. Two models whose medians differ by less
+    than about this fraction cannot be told apart by this measurement."""
+    return timing.iqr_ms / timing.median_ms if timing.median_ms > 0 else float("inf")
+
+
+def measure(
+    models: Sequence[nn.Module],
+    example_input: torch.Tensor,
+    deployment: Deployment,
+    *,
+    min_run_time: float = 0.5,
+    rounds: int = 5,
+) -> list[Timing]:
+    """Latency of each model's forward pass as ``deployment`` runs it.
+
+    Each model is copied, cast to the deployment's dtype and memory format and moved to its
+    device (the models passed in are not touched: not their mode, weights, dtype or format).
+    The input is ``example_input``'s per-sample shape repeated to ``deployment.batch_size``
+    (random values, on the device, in the dtype and format). Forward hooks are not copied:
+    an observer (e.g. the Taylor criterion's) would otherwise be timed and fed the timing runs.
+
+    About ``min_run_time`` seconds per model are timed, split into ``rounds`` interleaved rounds
+    (model A, B, C, A, B, C, ...): a machine that gets busier slows every model alike, so their
+    ratio stays right. Median over rounds; spread = IQR of the timed blocks.
+    """
+    if not models:
+        return []
+    dep = deployment.resolved(models[0])
+    copies = [prepare(m, dep) for m in models]
+    x = batch_like(example_input, dep)
+    return time_calls([(m, x) for m in copies], dep, min_run_time=min_run_time, rounds=rounds)
+
+
+def prepare(model: nn.Module, dep: Deployment) -> nn.Module:
+    """A copy of ``model`` in eval mode, on the deployment's device, dtype and memory format,
+    without forward/backward hooks (the copy's hook dicts start empty: the memo maps each
+    original hook dict to a new empty one, so hooks — and the objects they close over — are
+    never deep-copied)."""
+    memo: dict[int, object] = {}
+    for m in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                     "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+            d = getattr(m, attr, None)
+            if d is not None:
+                memo[id(d)] = type(d)()
+    c = copy.deepcopy(model, memo)
+    c.eval()
+    for p in c.parameters():
+        p.requires_grad_(False)
+    return c.to(dep.torch_device, dep.torch_dtype, memory_format=dep.torch_memory_format) if _has_4d(c) else c.to(dep.torch_device, dep.torch_dtype)
+
+
+def _has_4d(model: nn.Module) -> bool:
+    return any(p.dim() == 4 for p in model.parameters())
+
+
+def batch_like(example: torch.Tensor, dep: Deployment, shape: Sequence[int] | None = None) -> torch.Tensor:
+    """Random input of ``example``'s per-sample shape (or ``shape``'s) at the deployment's batch
+    size, dtype, device and memory format (channels_last applies to 4-D inputs only)."""
+    per_sample = tuple(shape if shape is not None else example.shape[1:])
+    x = torch.randn((dep.batch_size, *per_sample), device=dep.torch_device)
+    x = x.to(dep.torch_dtype) if example is None or example.is_floating_point() else x.to(example.dtype)
+    return x.contiguous(memory_format=dep.torch_memory_format) if x.dim() == 4 else x
+
+
+def time_calls(
+    calls: Sequence[tuple[nn.Module, torch.Tensor]],
+    dep: Deployment,
+    *,
+    min_run_time: float,
+    rounds: int,
+) -> list[Timing]:
+    """Time ``module(input)`` for each (module, input), modules already prepared (eval, device,
+    dtype, format). Runs ≈ ``min_run_time`` seconds per call in total, in ``rounds`` rounds that
+    visit every call in turn; each round times whole blocks of ≥ ``BLOCK_S`` (or one run)."""
+    global CALLS
+    CALLS += 1
+    rounds = max(1, int(rounds))
+    per_round = max(min_run_time, 0.0) / rounds
+    timers = [
+        benchmark.Timer("m(x)", globals={"m": m, "x": x}, num_threads=dep.threads or torch.get_num_threads())
+        for m, x in calls
+    ]
+    blocks: list[list[float]] = [[] for _ in calls]  # seconds per run, one entry per block
+    round_medians: list[list[float]] = [[] for _ in calls]
+    runs = [0] * len(calls)
+    with torch.inference_mode():
+        plan = []
+        for t in timers:
+            t.timeit(WARMUP)  # also compiles nothing: Timer runs Python statements
+            est = max(t.timeit(1).median, 1e-7)
+            number = max(1, int(BLOCK_S / est))
+            n_blocks = max(1, round(per_round / (number * est)))
+            plan.append((number, n_blocks))
+        for _ in range(rounds):
+            for i, t in enumerate(timers):
+                number, n_blocks = plan[i]
+                this_round = [t.timeit(number).median for _ in range(n_blocks)]
+                blocks[i].extend(this_round)
+                round_medians[i].append(statistics.median(this_round))
+                runs[i] += number * n_blocks
+    out = []
+    for b, r, n in zip(blocks, round_medians, runs):
+        q = statistics.quantiles(b, n=4, method="inclusive") if len(b) >= 2 else [b[0], b[0], b[0]]
+        out.append(Timing(median_ms=statistics.median(r) * 1e3, iqr_ms=(q[2] - q[0]) * 1e3, runs=n,
+                          rounds_ms=tuple(v * 1e3 for v in r)))
+    return out

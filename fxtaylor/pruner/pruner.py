@@ -1,0 +1,290 @@
+"""The paper's pruning step as an object your own training loop drives.
+
+>>> pruner = fxtaylor.Pruner(model, example, target_latency=0.5, optimizer=opt)  # doctest: +SKIP
+>>> while not pruner.done:                                                        # doctest: +SKIP
+...     with pruner.observe():            # your training steps: AMP, schedulers, any loss
+...         for _ in range(30):
+...             train_step(model, next(batches))
+...     pruner.step()                     # rank globally, cut, re-measure
+
+:func:`fxtaylor.prune` is this plus fine-tuning, evaluation, checkpoints and a report.
+
+A step ranks every prunable map (the criterion observed since the last step), picks chunks
+with :func:`fxtaylor.pruner.select.select` until the resource is *predicted* to fall by the
+step's share, and removes them through the channel graph (the optimizer's state follows). For a
+latency target the cut is first made on a copy and measured against the model as it is, side by
+side: a cut that made the model slower (beyond the measurement's noise) is never applied — its
+groups are set aside for this step and the next candidates are tried. ``done`` is decided by
+measurement, not by prediction.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+from .. import distributed, optim
+from ..cost import CostModel, FlopsCost, LatencyCost
+from ..errors import FxTaylorError
+from ..graph import ChannelGraph, trace
+from ..importance import (
+    ActivationMeanImportance, ActivationStdImportance, RandomImportance, TaylorImportance, WeightImportance,
+)
+from ..importance.base import GraphImportance
+from .options import Schedule, Target, split_options
+from .select import Cut, cut, minimum, select
+
+CRITERIA = {
+    "taylor": TaylorImportance, "weight": WeightImportance, "activation_mean": ActivationMeanImportance,
+    "activation_std": ActivationStdImportance, "random": RandomImportance,
+}
+MAPS_FRACTION = 0.01  # default maps per prune: 1 % of the prunable maps (see docs/usage.md)
+ATTEMPTS = 5  # cuts measured per latency step before it gives up: sizes ×1, ×1 elsewhere, ×2, ×4, ×8
+MEASURE_S = 0.4  # seconds of timing per model per check
+ROUNDS = 7  # interleaved rounds per check: the ratio's noise comes from their spread
+
+
+class Pruner:
+    """Prunes ``model`` (in place) towards a :class:`Target` one :meth:`step` at a time.
+
+    ``criterion``: ``"taylor"`` (the paper's) or a baseline name, or a factory
+    ``f(model, example_inputs, normalize=, flops_reg=, graph=, cost=) -> GraphImportance``.
+    ``deployment`` (:class:`fxtaylor.latency.Deployment`) says where latency is measured: for
+    a latency target, and for the before/after latency every run reports. ``measure_fn(models)
+    -> [Timing]`` replaces the real measurement (tests inject one to drive the control logic).
+    ``reference``: the dense model latency is measured against (default: a copy taken now).
+    ``cost``: the resource model to predict with (default: :class:`FlopsCost` or a
+    :class:`LatencyCost` for ``deployment``, its tables built or read from the cache) — e.g. a
+    ``LatencyCost(table=LatencyModel.load(...))`` measured on another machine.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        target: Target | None = None,
+        schedule: Schedule | None = None,
+        deployment: Any = None,
+        cost: CostModel | None = None,
+        criterion: str | Callable[..., GraphImportance] = "taylor",
+        normalize: str | None = "l2",
+        flops_reg: float = 0.0,
+        optimizer: torch.optim.Optimizer | None = None,
+        ignored_layers: Iterable[str] = (),
+        leaf_modules: Iterable[str] = (),
+        graph: ChannelGraph | None = None,
+        reference: nn.Module | None = None,
+        measure_fn: Callable[[Sequence[nn.Module]], list] | None = None,
+        loss_reduction: str = "mean",
+        progress: bool = True,
+        state: dict | None = None,
+        **options: Any,
+    ):
+        from ..latency import Deployment
+
+        self.target, self.schedule = split_options(target, schedule, options)
+        if isinstance(criterion, str) and criterion not in CRITERIA:
+            raise FxTaylorError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)} or pass a GraphImportance factory")
+        if not (isinstance(flops_reg, (int, float)) and flops_reg >= 0):
+            raise FxTaylorError(f"flops_reg (λ) must be >= 0, got {flops_reg!r}")
+        self.deployment = (deployment or Deployment()).resolved(model)  # bad dtype/device: fails before anything
+        self.model, self.example, self.optimizer = model, example_inputs, optimizer
+        self.trace_kwargs = {"ignored_layers": list(ignored_layers), "leaf_modules": list(leaf_modules)}
+        graph = graph if graph is not None else trace(model, example_inputs, **self.trace_kwargs)
+        self._x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+        self._measure = measure_fn or self._measure_real
+        self.progress = progress
+        if cost is not None and cost.name != self.target.resource:
+            raise FxTaylorError(f"a {cost.name} cost model cannot reach a {self.target.resource} target")
+        if cost is not None:
+            self.cost: CostModel = cost
+        elif self.target.resource == "latency":
+            self.cost = LatencyCost(self.deployment, progress=progress)
+        else:
+            self.cost = FlopsCost()
+        factory = CRITERIA[criterion] if isinstance(criterion, str) else criterion
+        kwargs = {"normalize": normalize, "flops_reg": flops_reg, "graph": graph, "cost": self.cost}
+        if factory is TaylorImportance:
+            kwargs["loss_reduction"] = loss_reduction
+        self.imp: GraphImportance = factory(model, example_inputs, **kwargs)
+        self.selection = self.schedule.selection_for(self.target)
+        self.reference = reference
+        self.rejected = 0  # cuts measured slower and not applied, over the run
+        if state is not None:
+            self.load_state_dict(state)
+        else:
+            self._start()
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Dense numbers and the reachability check; nothing is modified."""
+        graph = self.imp.graph
+        groups = graph.prunable_groups
+        if not groups:
+            reasons = list(dict.fromkeys(g.frozen[0] for g in graph.groups if g.frozen))
+            raise FxTaylorError("nothing to prune: every channel group is frozen or at its minimum"
+                                + (f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" if reasons else ""))
+        self.k = self.schedule.maps_per_prune or max(1, math.ceil(MAPS_FRACTION * sum(g.num_prunable for g in groups)))
+        self.flops0 = self.imp.total_flops()
+        if self.target.resource == "latency":
+            if self.reference is None:
+                self.reference = copy.deepcopy(self.model)
+            self.cost.sync(graph, self.example)
+            self.dense = self._measure([self.reference])[0].median_ms
+            self.now = self.dense  # measured latency of the model as it is
+            self.predicted0 = self.cost.total()
+        else:
+            self.dense = self.now = float(self.flops0)
+        least = minimum(self.imp)
+        base = self.cost.total()
+        if least > self.target.fraction * base:
+            what = "FLOPs" if self.target.resource == "flops" else "predicted latency"
+            raise FxTaylorError(
+                f"target_{self.target.resource}={self.target.fraction} cannot be reached: pruning every prunable channel "
+                f"leaves {least / base:.2%} of the {what} (the rest is in frozen groups, layers that are not pruned"
+                + (", or per-call overhead channel pruning cannot remove)" if self.target.resource == "latency" else ")")
+            )
+
+    def state_dict(self) -> dict:
+        """What resuming needs besides the model and the criterion."""
+        return {"k": self.k, "flops0": self.flops0, "dense": self.dense, "now": self.now, "rejected": self.rejected,
+                "predicted0": getattr(self, "predicted0", None)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.k, self.flops0, self.dense, self.now, self.rejected = s["k"], s["flops0"], s["dense"], s["now"], s["rejected"]
+        self.predicted0 = s.get("predicted0")
+        if self.target.resource == "latency":
+            if self.reference is None:
+                raise FxTaylorError("resuming a latency-targeted run needs the dense model as reference=")
+            self.cost.sync(self.imp.graph, self.example)
+
+    # -- what the user's loop asks -----------------------------------------------------------
+
+    def observe(self):
+        """Context manager: the criterion watches the training steps run inside it."""
+        return self.imp.observe()
+
+    @property
+    def graph(self) -> ChannelGraph:
+        return self.imp.graph
+
+    @property
+    def ratio(self) -> float:
+        """The resource now ÷ the dense model's: FLOPs counted, latency measured."""
+        if self.target.resource == "flops":
+            return self.imp.total_flops() / self.flops0
+        return self.now / self.dense
+
+    @property
+    def done(self) -> bool:
+        t = self.target
+        if t.resource == "flops":
+            return self.imp.total_flops() <= t.flops * self.flops0
+        return self.now <= t.latency * (1 + t.tolerance) * self.dense
+
+    def step(self) -> list[int]:
+        """One pruning step; returns the removed units (global ids; empty: nothing could go).
+        Under torch.distributed a collective call: every rank, same point in its loop."""
+        self.imp.all_reduce()  # every rank ranks the union of the examples
+        gone = self._step_flops() if self.target.resource == "flops" else self._step_latency()
+        self.imp.reset()
+        # identical scores and a deterministic ranking make this hold; checked, never assumed
+        distributed.check_same("channels removed", gone)
+        return gone
+
+    # -- FLOPs -------------------------------------------------------------------------------
+
+    def _step_flops(self) -> list[int]:
+        t, s = self.target, self.schedule
+        goal = t.flops * self.flops0
+        if s.per_prune:
+            step_goal, k = max(goal, self.imp.total_flops() - s.per_prune * self.flops0), None
+        else:
+            step_goal, k = goal, self.k
+        gone = cut(self.imp, step_goal, k, t.tolerance, self.optimizer, s.round_to, self.imp.flops, self.selection)
+        self.now = float(self.imp.total_flops())
+        return gone
+
+    # -- latency -----------------------------------------------------------------------------
+
+    def _step_latency(self) -> list[int]:
+        """Predict, try on a copy, measure, apply only what did not slow the model down."""
+        t, s = self.target, self.schedule
+        cost = self.cost.sync(self.imp.graph, self.example)
+        predicted_now = cost.total()
+        scale = self.now / predicted_now if predicted_now > 0 else 1.0  # the model's bias, as measured now
+        goal_ms = t.latency * self.dense
+        step_ms = max(goal_ms, self.now - s.per_prune * self.dense) if s.per_prune else goal_ms
+        k = None if s.per_prune else self.k
+        banned: set[int] = set()
+        coarsen = 1
+        for attempt in range(ATTEMPTS):
+            cuts = self._select(step_ms / scale, k, banned, coarsen)
+            if not cuts:
+                if not banned:
+                    return []
+                banned, coarsen = set(), coarsen * 2
+                continue
+            trial = copy.deepcopy(self.imp.graph)  # the copy carries its own model
+            for c in cuts:
+                trial.prune(trial.groups[c.group.index], c.channels)
+            ref_t, now_t, trial_t = self._measure([self.reference, self.model, trial.model])
+            # ratios within each interleaved round: a machine that gets busier moves all three alike
+            now_ms = compare(ref_t, now_t)[0] * self.dense
+            trial_ms = compare(ref_t, trial_t)[0] * self.dense
+            slower, margin = compare(now_t, trial_t)
+            ok = distributed.broadcast(slower <= 1 + margin)  # rank 0 decides for all
+            if ok:
+                gone: list[int] = []
+                for c in cuts:
+                    gone += c.group.units[c.channels].tolist()
+                    optim.prune_keeping_state(self.imp.graph, c.group, c.channels, self.optimizer)
+                self.now = distributed.broadcast(trial_ms)
+                return gone
+            self.rejected += 1
+            self.now = distributed.broadcast(now_ms)
+            if attempt == 0:  # the same size in other groups
+                banned |= {c.group.index for c in cuts}
+            else:  # then coarser chunks everywhere
+                banned, coarsen = set(), coarsen * 2
+        return []
+
+    def _select(self, goal: float, k: int | None, banned: set[int], coarsen: int = 1) -> list[Cut]:
+        """Chunks (``coarsen`` times the usual size) until the prediction reaches ``goal`` (or
+        ``k`` units), groups in ``banned`` left out (their cut was measured slower this step)."""
+        imp, t, r = self.imp, self.target, self.schedule.round_to
+        k = k if k is not None else int(imp.graph.group_of_unit.numel())
+        ex = frozenset(banned)
+        cuts = select(imp, k, goal, goal * (1 - t.tolerance), r, self.cost, self.selection, ex, coarsen)
+        if not cuts and self.cost.total() > goal * (1 + t.tolerance):  # nothing fits the band: the smallest chunk
+            cuts = select(imp, 1, goal, -math.inf, r, self.cost, self.selection, ex, coarsen)
+        return cuts
+
+    def _measure_real(self, models: Sequence[nn.Module]) -> list:
+        from ..latency import measure
+
+        return measure(list(models), self._x, self.deployment, min_run_time=MEASURE_S, rounds=ROUNDS)
+
+
+def compare(a: Any, b: Any) -> tuple[float, float]:
+    """``b``'s latency ÷ ``a``'s, measured in the same call, and the noise on that ratio.
+
+    The ratio is the median over interleaved rounds of round(b) ÷ round(a), so load that
+    changes between rounds cancels; the noise is the half-width of the median's 95 % confidence
+    interval (McGill et al.'s notch: 1.57 · IQR / √n). Without per-round times (an injected
+    measurement), the ratio of medians and the larger relative IQR.
+    """
+    ra, rb = getattr(a, "rounds_ms", ()), getattr(b, "rounds_ms", ())
+    if len(ra) >= 3 and len(ra) == len(rb):
+        r = sorted(y / x for x, y in zip(ra, rb))
+        q = statistics.quantiles(r, n=4, method="inclusive")
+        return statistics.median(r), 1.57 * (q[2] - q[0]) / math.sqrt(len(r))
+    from ..latency import noise
+
+    return b.median_ms / a.median_ms, max(noise(a), noise(b))
