@@ -57,6 +57,6 @@ def test_latency_model_error(benchmark, tmp_path, monkeypatch):
     assert abs(out - lm.dense_ms) <= 1e-6 * lm.dense_ms
     if benchmark.disabled:
         return
-    benchmark.extra_info.update({k: r[k] for k in ("build_s", "layers_modelled", "tables", "remainder_share", "max_error",
+    benchmark.extra_info.update({k: r[k] for k in ("build_s", "layers_modelled", "tables", "scale", "max_error",
                                                     "median_error_drift_corrected", "max_error_drift_corrected")})
     report(benchmark, "ratio_latency_model_median_error", r["median_error"], 0.10)

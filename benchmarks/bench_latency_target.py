@@ -30,10 +30,13 @@ TARGET = 0.5
 CASES = {"resnet50": (1000, 224), "mobilenet_v2": (1000, 224), "resnet18": (10, 32)}
 
 
-def run(name, batch, target, per_prune):
+def run(name, batch, target, per_prune, deployment=None):
+    """One latency-targeted run; ``deployment``: more :class:`fxtaylor.Deployment` fields (the
+    model trains on that device; ``benchmarks/gpu.py`` runs this on CUDA in float16)."""
     classes, side = CASES[name]
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, num_classes=classes)
+    dep = fxtaylor.Deployment(batch_size=batch, **(deployment or {}))
+    model = torchvision.models.get_model(name, weights=None, num_classes=classes).to(dep.device or "cpu")
     data = TensorDataset(torch.randn(16, 3, side, side), torch.randint(0, classes, (16,)))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with tempfile.TemporaryDirectory() as cache:
@@ -41,7 +44,7 @@ def run(name, batch, target, per_prune):
         os.environ["FXTAYLOR_CACHE"] = cache
         try:
             return fxtaylor.prune(model, DataLoader(data, batch_size=4), target_latency=target, flops_per_prune=per_prune,
-                                  updates_between_prunes=1, optimizer=opt, deployment=fxtaylor.Deployment(batch_size=batch),
+                                  updates_between_prunes=1, optimizer=opt, deployment=dep,
                                   progress=False, seed=0)
         finally:
             if old is None:

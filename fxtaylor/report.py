@@ -233,7 +233,7 @@ def summary_table(report: dict) -> str:
     before, after = report.get("before") or {}, report.get("after") or {}
 
     def ms(v, like=None):
-        return MISSING if v is None else f"{v:.3g}"
+        return MISSING if v is None else f"{v:.2f}"
 
     def pct(v, like=None):
         return format_accuracy(v)
@@ -273,10 +273,14 @@ def summary_table(report: dict) -> str:
     if total is not None:
         status.append(f"total time {format_duration(total)}")
     lines.append(" · ".join(status))
-    ratio, noise = _known(after.get("latency_ratio")), _known(after.get("latency_ratio_noise")) or 0.0
-    ratio = ratio if ratio is not None else (1 / speedup if speedup else None)
-    if ratio is not None and ratio >= 1 - noise:
-        verdict = "not faster" if ratio >= 1 else f"not measurably faster (±{noise:.2f})"
+    cfg = report.get("config") or {}
+    if cfg.get("target") == "latency" and _known(cfg.get("reachable")) is not None:
+        lines.append(f"channel pruning can remove at most {cfg['reachable']:.0%} of this deployment's latency (predicted; "
+                     "the rest is per-call overhead and layers no channel cut narrows)")
+    slower, noise = _known(after.get("latency_ratio")), _known(after.get("latency_ratio_noise")) or 0.0
+    slower = slower if slower is not None else (1 / speedup if speedup else None)  # pruned ÷ dense latency
+    if slower is not None and slower >= 1 - noise:
+        verdict = "not faster" if slower >= 1 else f"not measurably faster (±{noise:.2f})"
         lines.append(f"WARNING: the pruned model is {verdict} than the dense one on this deployment; "
                      "prune with --target-latency for it (docs/latency.md)")
     return "\n".join(lines)

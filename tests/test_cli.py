@@ -158,3 +158,33 @@ def test_weights_from_files(tmp_path, capsys):
     torch.save(torchvision.models.resnet18(weights=None), tmp_path / "module.pt")
     assert main(["prune", *common, "--weights", str(tmp_path / "module.pt"), "--out", str(tmp_path / "r3")]) == 2
     assert "it needs pickled code" in capsys.readouterr().err and not (tmp_path / "r3").exists()
+
+
+def test_prune_to_a_latency_target_on_an_image_folder(tmp_path, capsys, monkeypatch):
+    """--target-latency with a deployment from the command line: recorded, measured, summarised."""
+    monkeypatch.setenv("FXTAYLOR_CACHE", str(tmp_path / "cache"))
+    data = _image_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["prune", "--data", str(data), "--model", "resnet18", "--input-size", "32", "--batch-size", "4",
+                 "--workers", "0", "--out", str(out), "--target-latency", "0.9", "--latency-batch", "8",
+                 "--maps-per-prune", "300", "--updates-between-prunes", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["target_latency"] == 0.9 and rep["target_flops"] is None and rep["config"]["target"] == "latency"
+    assert rep["config"]["deployment"]["batch_size"] == 8 and rep["config"]["deployment"]["device"] == "cpu"
+    assert rep["config"]["cost_model"]["table"]["layers"] > 10 and rep["after"]["latency_iqr_ms"] >= 0
+    assert "on cpu, batch 8, float32" in printed and "channel pruning can remove at most" in printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-latency", "0.5", "--target-flops", "0.5"], "give --target-flops or --target-latency, not both"),
+    (["--target-latency", "0.5", "--latency-dtype", "float8"], "latency dtype 'float8' is unknown"),
+    (["--target-latency", "0.5", "--latency-format", "nhwc"], "latency memory format 'nhwc' is unknown"),
+    (["--latency-device", "cuda:9"], "cuda"),
+])
+def test_bad_latency_flags_are_one_line_errors_before_anything_is_written(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert main(["prune", "--out", str(out), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxtaylor: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()

@@ -200,3 +200,19 @@ def test_bad_input_one_clear_error_nothing_touched(tmp_path, kwargs, message):
     after = state(model)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert not ckpt.exists() or not any(ckpt.iterdir())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_latency_target_on_cuda_float16_channels_last(tmp_path, monkeypatch):
+    """The real path on a GPU: tables and every check measured in float16, channels_last."""
+    monkeypatch.setenv("FXTAYLOR_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = Net(w=64).cuda()
+    dep = fxtaylor.Deployment(batch_size=64, dtype="float16", memory_format="channels_last")
+    res = fxtaylor.prune(model, loader(), target_latency=0.8, updates_between_prunes=1, maps_per_prune=32,
+                         deployment=dep, progress=False, seed=0)
+    assert res.config["deployment"]["device"].startswith("cuda") and res.config["deployment"]["dtype"] == "float16"
+    assert next(model.parameters()).dtype == torch.float32  # measured on copies: the model is untouched
+    ratios = [r["latency_ratio"] for r in res.history if "latency_ratio" in r]
+    assert ratios[0] == 1.0 and res.after["latency_ms"] > 0

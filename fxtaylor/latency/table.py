@@ -31,9 +31,10 @@ class LayerTable:
 
     ``ins`` × ``outs``: grid counts (``outs`` empty for one-count layers). ``ms[i][j]``: time at
     (``ins[i]``, ``outs[j]``); one-count layers: ``ms[i][0]``. ``cin0``/``cout0``: dense counts.
-    ``kind``/``config``: what was measured (see :mod:`fxtaylor.latency.layers`). ``calls``: the
-    forward pass's calls of the module (times are multiplied by it). ``spread``: median relative
-    IQR of the grid measurements (noise).
+    ``kind``/``config``: what was measured (see :mod:`fxtaylor.latency.layers`). ``spread``:
+    median relative IQR of the grid measurements (noise). ``ms`` is one isolated call; the
+    value read (:meth:`__call__`) is that times ``calls`` (the module's calls in one forward
+    pass) times ``scale`` (the latency model's in-network factor, :mod:`.model`).
     """
 
     kind: str
@@ -45,13 +46,19 @@ class LayerTable:
     calls: int = 1
     config: dict = field(default_factory=dict)
     spread: float = 0.0
+    scale: float = 1.0
 
     @property
     def counts(self) -> int:
         return 2 if self.outs else 1
 
     def __call__(self, cin: int, cout: int) -> float:
-        """Interpolated milliseconds at (cin, cout); one-count layers read ``cin``."""
+        """Interpolated milliseconds at (cin, cout), times ``calls`` and ``scale``; one-count
+        layers read ``cin``."""
+        return self.isolated(cin, cout) * self.calls * self.scale
+
+    def isolated(self, cin: int, cout: int) -> float:
+        """Interpolated milliseconds of one isolated call at (cin, cout)."""
         if not self.outs:
             return max(_lerp(self.ins, [r[0] for r in self.ms], cin), 0.0)
         i, u = _cell(self.ins, cin)
@@ -72,13 +79,14 @@ class LayerTable:
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "cin0": self.cin0, "cout0": self.cout0, "ins": self.ins, "outs": self.outs,
-                "ms": self.ms, "calls": self.calls, "config": self.config, "spread": self.spread}
+                "ms": self.ms, "calls": self.calls, "config": self.config, "spread": self.spread, "scale": self.scale}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LayerTable":
         t = cls(kind=str(d["kind"]), cin0=int(d["cin0"]), cout0=int(d["cout0"]), ins=[int(v) for v in d["ins"]],
                 outs=[int(v) for v in d["outs"]], ms=[[float(v) for v in row] for row in d["ms"]],
-                calls=int(d.get("calls", 1)), config=dict(d.get("config", {})), spread=float(d.get("spread", 0.0)))
+                calls=int(d.get("calls", 1)), config=dict(d.get("config", {})), spread=float(d.get("spread", 0.0)),
+                scale=float(d.get("scale", 1.0)))
         if len(t.ms) != len(t.ins) or any(len(r) != max(len(t.outs), 1) for r in t.ms):
             raise ValueError("table shape does not match its grid")
         return t

@@ -400,6 +400,7 @@ class _Run:
             "model": models.base_name(self.arch()), "optimizer": type(self.opt).__name__ if self.opt is not None else None,
             "input_shape": list(self.example.shape), "deployment": self.deployment.as_dict(), "cost_model": self.pruner.cost.describe(),
             "rejected_cuts": self.pruner.rejected,
+            "reachable": self.pruner.reachable,  # predicted share of the resource channel pruning can remove
         }
         return PruneResult(
             model=self.model, arch=self.arch(), target_flops=self.target.flops, reached=reached, stop_reason=reason,

@@ -143,6 +143,7 @@ class Pruner:
             self.dense = self.now = float(self.flops0)
         least = minimum(self.imp)
         base = self.cost.total()
+        self.reachable = 1 - least / base if base > 0 else 0.0  # the most of the resource pruning can remove
         if least > self.target.fraction * base:
             what = "FLOPs" if self.target.resource == "flops" else "predicted latency"
             raise FxTaylorError(
@@ -154,11 +155,11 @@ class Pruner:
     def state_dict(self) -> dict:
         """What resuming needs besides the model and the criterion."""
         return {"k": self.k, "flops0": self.flops0, "dense": self.dense, "now": self.now, "rejected": self.rejected,
-                "predicted0": getattr(self, "predicted0", None)}
+                "predicted0": getattr(self, "predicted0", None), "reachable": self.reachable}
 
     def load_state_dict(self, s: dict) -> None:
         self.k, self.flops0, self.dense, self.now, self.rejected = s["k"], s["flops0"], s["dense"], s["now"], s["rejected"]
-        self.predicted0 = s.get("predicted0")
+        self.predicted0, self.reachable = s.get("predicted0"), s.get("reachable")
         if self.target.resource == "latency":
             if self.reference is None:
                 raise FxTaylorError("resuming a latency-targeted run needs the dense model as reference=")
