@@ -59,9 +59,10 @@ def test_model_covers_layers_and_dense_prediction_is_the_measurement(built):
     assert lm.build_s > 0 and lm.dense_ms > 0
     assert lm.predict({}) == pytest.approx(lm.dense_ms, rel=1e-9)
     assert lm.predict(WIDTHS) == pytest.approx(lm.dense_ms, rel=1e-9)
-    # a grid point reads back exactly, spread by the in-network scale
-    assert lm.layer_ms("1", 16, 16) == pytest.approx(lm.layers["1"].ms[-1][0] * lm.scale)
-    assert lm.scale == pytest.approx(lm.dense_ms / lm.isolated_ms) and abs(lm.remainder_ms) < 1e-9 * lm.dense_ms
+    # a grid point reads back exactly, times the layer's scale
+    assert lm.layer_ms("1", 16, 16) == pytest.approx(lm.layers["1"].ms[-1][0] * lm.layers["1"].scale)
+    r = lm.dense_ms - lm.isolated_ms  # the measured remainder: half rides on the layers, half stays
+    assert lm.scale == pytest.approx(1 + 0.5 * r / lm.isolated_ms) and lm.remainder_ms == pytest.approx(0.5 * r)
     assert all(lm.alignment(n) >= 1 for n in lm.layers)
     with pytest.raises(KeyError):
         lm.layer_ms("7", 32, 32)

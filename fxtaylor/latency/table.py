@@ -32,7 +32,8 @@ class LayerTable:
     ``ins`` × ``outs``: grid counts (``outs`` empty for one-count layers). ``ms[i][j]``: time at
     (``ins[i]``, ``outs[j]``); one-count layers: ``ms[i][0]``. ``cin0``/``cout0``: dense counts.
     ``kind``/``config``: what was measured (see :mod:`fxtaylor.latency.layers`). ``spread``:
-    median relative IQR of the grid measurements (noise). ``ms`` is one isolated call; the
+    median relative IQR of the grid measurements (noise). ``ref_ms``: the reference op timed
+    with the grid (:mod:`.model`: the machine's speed then). ``ms`` is one isolated call; the
     value read (:meth:`__call__`) is that times ``calls`` (the module's calls in one forward
     pass) times ``scale`` (the latency model's in-network factor, :mod:`.model`).
     """
@@ -47,6 +48,7 @@ class LayerTable:
     config: dict = field(default_factory=dict)
     spread: float = 0.0
     scale: float = 1.0
+    ref_ms: float = 0.0
 
     @property
     def counts(self) -> int:
@@ -79,14 +81,14 @@ class LayerTable:
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "cin0": self.cin0, "cout0": self.cout0, "ins": self.ins, "outs": self.outs,
-                "ms": self.ms, "calls": self.calls, "config": self.config, "spread": self.spread, "scale": self.scale}
+                "ms": self.ms, "calls": self.calls, "config": self.config, "spread": self.spread, "scale": self.scale, "ref_ms": self.ref_ms}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LayerTable":
         t = cls(kind=str(d["kind"]), cin0=int(d["cin0"]), cout0=int(d["cout0"]), ins=[int(v) for v in d["ins"]],
                 outs=[int(v) for v in d["outs"]], ms=[[float(v) for v in row] for row in d["ms"]],
                 calls=int(d.get("calls", 1)), config=dict(d.get("config", {})), spread=float(d.get("spread", 0.0)),
-                scale=float(d.get("scale", 1.0)))
+                scale=float(d.get("scale", 1.0)), ref_ms=float(d.get("ref_ms", 0.0)))
         if len(t.ms) != len(t.ins) or any(len(r) != max(len(t.outs), 1) for r in t.ms):
             raise ValueError("table shape does not match its grid")
         return t

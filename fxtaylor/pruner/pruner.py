@@ -20,6 +20,7 @@ measurement, not by prediction.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import statistics
 from typing import Any, Callable, Iterable, Sequence
@@ -108,7 +109,11 @@ class Pruner:
         else:
             self.cost = FlopsCost()
         factory = CRITERIA[criterion] if isinstance(criterion, str) else criterion
-        kwargs = {"normalize": normalize, "flops_reg": flops_reg, "graph": graph, "cost": self.cost}
+        kwargs = {"normalize": normalize, "flops_reg": flops_reg, "graph": graph}
+        if _accepts(factory, "cost"):  # factories written before cost models existed still work (FLOPs)
+            kwargs["cost"] = self.cost
+        elif self.target.resource != "flops" and flops_reg:
+            raise FxTaylorError("this criterion factory takes no cost= argument, so λ cannot regularise by latency")
         if factory is TaylorImportance:
             kwargs["loss_reduction"] = loss_reduction
         self.imp: GraphImportance = factory(model, example_inputs, **kwargs)
@@ -271,6 +276,14 @@ class Pruner:
         from ..latency import measure
 
         return measure(list(models), self._x, self.deployment, min_run_time=MEASURE_S, rounds=ROUNDS)
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def compare(a: Any, b: Any) -> tuple[float, float]:
