@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-format", help="channels_last or contiguous [per device, docs/latency.md]")
     p.add_argument("--latency-threads", type=_positive_int, help="CPU threads while timing [torch's default]")
     p.add_argument("--selection", choices=["rank", "knapsack"],
-                   help="rank: lowest score first (paper); knapsack: lowest importance per resource saved [rank for FLOPs, knapsack for latency]")
+                   help="rank: lowest score first (paper); knapsack: lowest importance per resource saved [rank]")
     p.add_argument("--flops-reg", type=_non_negative, default=DEFAULT_FLOPS_REG, help=f"λ, FLOPs regularisation [{DEFAULT_FLOPS_REG}]")
     p.add_argument("--updates-between-prunes", type=_positive_int, help="minibatch updates observed per pruning step [30; 10 on digits]")
     p.add_argument("--maps-per-prune", type=_positive_int, help="maps removed per step [1 %% of the prunable maps]")

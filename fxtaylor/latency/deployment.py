@@ -22,11 +22,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 # Per-device default memory format, used when Deployment.memory_format is None.
-# CUDA: cuDNN's tensor-core kernels want NHWC; channels_last is the documented fast path for
-# float16/bfloat16 and never slower in the measurements of issue 12.
+# CUDA: cuDNN's tensor-core kernels run NHWC natively; channels_last is the documented fast path
+# for float16/bfloat16 (issue 12's H200 measurements used it; not measured here: no GPU).
 # CPU: measured on this repository's 2-core Xeon (AVX-512, torch 2.14, oneDNN), dense torchvision
-# ResNet-50 and MobileNetV2 at 224 px, interleaved medians (docs/latency.md, "Measuring latency",
-# gives the numbers and the command): channels_last was faster for both models at batch 1 and 32.
+# ResNet-50 and MobileNetV2 at 224 px, batch 1, one thread, 7 alternating rounds: channels_last
+# was 4 % and 23 % faster (docs/latency.md, "Measuring latency", gives the command).
 DEFAULT_MEMORY_FORMAT = {"cuda": "channels_last", "cpu": "channels_last"}
 
 

@@ -15,10 +15,10 @@ and the in-network costs that isolation hides (a layer timed alone reuses the sa
 call after call; inside the network each output is a fresh allocation, written once and read
 by the next layer). Some of it follows the channels (the elementwise ops, the memory traffic),
 some does not (per-op dispatch; on a GPU, kernel launches). Measured on 20 random cuts each of
-ResNet-50 and MobileNetV2 in three runs (docs/latency.md), R was 21–46 % of the dense latency,
-and the half-and-half split had the smallest worst-case error of the three splits compared:
-median error of the predicted speed-up 2.2–9.1 %, against 4.0–15.9 % with all of R following
-the layers and 4.1–17.9 % with all of R constant. Bias: a model pruned far below the widths
+ResNet-50 and MobileNetV2 at batch 1 on this repository's CPU, in four runs (docs/latency.md),
+R was 21–46 % of the dense latency, and the half-and-half split had the smallest worst case of
+the three splits compared: median error of the predicted speed-up 1.9–9.1 %, against
+4.0–15.9 % with all of R following the layers and 4.1–17.9 % with all of R constant. Bias: a model pruned far below the widths
 measured keeps half of R, which may be more or less than what it really keeps.
 
 Cache (``fxtaylor.job.cache_dir() / "latency" / <Deployment.key()>``, JSON, atomic writes):

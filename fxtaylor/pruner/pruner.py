@@ -37,7 +37,7 @@ from ..importance import (
 )
 from ..importance.base import GraphImportance
 from .options import Schedule, Target, split_options
-from .select import Cut, cut, minimum, select
+from .select import Cut, cut, minimum, predict_after, select
 
 CRITERIA = {
     "taylor": TaylorImportance, "weight": WeightImportance, "activation_mean": ActivationMeanImportance,
@@ -229,7 +229,7 @@ class Pruner:
         step_ms = max(goal_ms, self.now - s.per_prune * self.dense) if s.per_prune else goal_ms
         k = None if s.per_prune else self.k
         banned: set[int] = set()
-        coarsen = 1
+        coarsen, recalibrated = 1, False
         for attempt in range(ATTEMPTS):
             cuts = self._select(step_ms / scale, k, banned, coarsen)
             if not cuts:
@@ -246,6 +246,14 @@ class Pruner:
             trial_ms = compare(ref_t, trial_t)[0] * self.dense
             slower, margin = compare(now_t, trial_t)
             ok = distributed.broadcast(slower <= 1 + margin)  # rank 0 decides for all
+            units = torch.cat([c.group.units[c.channels] for c in cuts])
+            past = distributed.broadcast(trial_ms < goal_ms * (1 - t.tolerance) - margin * now_ms)
+            if ok and past and not recalibrated and attempt < ATTEMPTS - 1:
+                # the cut overshoots the target: the prediction's bias, now measured at the cut,
+                # recalibrates it and a smaller cut is chosen (once per step)
+                scale = trial_ms / max(predict_after(cost, units), 1e-12)
+                self.now, recalibrated = distributed.broadcast(now_ms), True
+                continue
             if ok:
                 gone: list[int] = []
                 for c in cuts:

@@ -158,18 +158,20 @@ def cut(imp: GraphImportance, target: float, k: int | None = None, tolerance: fl
     return removed
 
 
-def minimum(imp: GraphImportance, cost: CostModel | None = None) -> float:
-    """The predicted resource of the smallest model pruning can reach: every prunable group cut
-    to its ``min_keep`` cheapest units. A lower target cannot be reached."""
-    cost = (cost or imp.cost).sync(imp.graph, imp.example_inputs)
-    L, unit_cost = cost.layers, cost.unit_costs()
-    gone = [g.units[torch.argsort(unit_cost[g.units], descending=True, stable=True)[: g.num_prunable]]
-            for g in imp.graph.prunable_groups]
-    if not gone:
-        return cost.total()
-    units = torch.cat(gone)
-    widths = {}
+def predict_after(cost: CostModel, units: torch.Tensor) -> float:
+    """The cost model's prediction for its graph with ``units`` (global ids) removed."""
+    L, widths = cost.layers, {}
     for i, n in enumerate(L.names):
         di, do = L.delta(i, units)
         widths[n] = (max(L.cin[i] - di, 0), max(L.cout[i] - do, 0))
     return cost.predict(widths)
+
+
+def minimum(imp: GraphImportance, cost: CostModel | None = None) -> float:
+    """The predicted resource of the smallest model pruning can reach: every prunable group cut
+    to its ``min_keep`` cheapest units. A lower target cannot be reached."""
+    cost = (cost or imp.cost).sync(imp.graph, imp.example_inputs)
+    unit_cost = cost.unit_costs()
+    gone = [g.units[torch.argsort(unit_cost[g.units], descending=True, stable=True)[: g.num_prunable]]
+            for g in imp.graph.prunable_groups]
+    return predict_after(cost, torch.cat(gone)) if gone else cost.total()
