@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-dtype", default="float32", help="float32, float16 or bfloat16 [float32]")
     p.add_argument("--latency-format", help="channels_last or contiguous [per device, docs/latency.md]")
     p.add_argument("--latency-threads", type=_positive_int, help="CPU threads while timing [torch's default]")
+    p.add_argument("--latency-table", metavar="DIR",
+                   help="latency tables measured on another machine (its <cache>/latency/<deployment key> folder): "
+                        "--target-latency is then reached by their prediction, nothing is timed here")
     p.add_argument("--selection", choices=["rank", "knapsack"],
                    help="rank: lowest score first (paper); knapsack: lowest importance per resource saved [rank]")
     p.add_argument("--flops-reg", type=_non_negative, default=DEFAULT_FLOPS_REG, help=f"λ, FLOPs regularisation [{DEFAULT_FLOPS_REG}]")
@@ -124,6 +127,8 @@ def _prune(args: argparse.Namespace) -> int:
     main = distributed.is_main()
     if args.target_flops is not None and args.target_latency is not None:
         raise FxTaylorError("give --target-flops or --target-latency, not both")
+    if args.latency_table and args.target_latency is None:
+        raise FxTaylorError("--latency-table is for --target-latency: give the fraction of the latency to keep")
     if args.target_flops is None and args.target_latency is None:
         args.target_flops = 0.5
     _deployment(args)  # a bad dtype, format or device fails before anything is built or written
@@ -147,9 +152,15 @@ def _prune(args: argparse.Namespace) -> int:
         where = f" on {distributed.world_size()} processes" if distributed.active() else ""
         print(f"fxtaylor: {args.model} on {work.description}{where}", file=sys.stderr)
     opt = torch.optim.SGD(work.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    cost = None
+    if args.latency_table:
+        from .cost import LatencyCost
+        from .latency import LatencyModel
+
+        cost = LatencyCost(table=LatencyModel.load(args.latency_table, work.model, next(iter(work.train))[0][:1]))
     result = run_prune(
         work.model, work.train, target_flops=args.target_flops, target_latency=args.target_latency,
-        deployment=_deployment(args), optimizer=opt, val_loader=work.val,
+        deployment=_deployment(args), cost=cost, optimizer=opt, val_loader=work.val,
         updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
         flops_per_prune=args.flops_per_prune, criterion=args.criterion, round_to=args.round_to, selection=args.selection,
         flops_reg=args.flops_reg, min_accuracy=args.min_accuracy, final_updates=args.final_updates,

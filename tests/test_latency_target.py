@@ -216,3 +216,31 @@ def test_latency_target_on_cuda_float16_channels_last(tmp_path, monkeypatch):
     assert next(model.parameters()).dtype == torch.float32  # measured on copies: the model is untouched
     ratios = [r["latency_ratio"] for r in res.history if "latency_ratio" in r]
     assert ratios[0] == 1.0 and res.after["latency_ms"] > 0
+
+
+def test_tables_measured_elsewhere_prune_by_prediction_and_time_nothing(tmp_path):
+    """Measure on the deployment's machine, bring its cache folder: the run here times nothing
+    and reaches the target by the tables' prediction (recorded as such)."""
+    from fxtaylor.cost import LatencyCost
+    from fxtaylor.latency import LatencyModel, timing, widths
+
+    torch.manual_seed(0)
+    model, x = Net(w=32), torch.randn(1, 3, 12, 12)
+    dep = fxtaylor.Deployment(batch_size=32, threads=1)
+    built = LatencyModel.build(model, x, dep, cache_dir=tmp_path / "there", progress=False)
+    folder = next((tmp_path / "there").iterdir())  # <cache>/latency/<deployment key>, copied "here"
+    import shutil
+    shutil.copytree(folder, tmp_path / "here")
+    calls = timing.CALLS
+    loaded = LatencyModel.load(tmp_path / "here", model, x)
+    assert timing.CALLS == calls and loaded.deployment.batch_size == 32
+    w = widths(model, x, built.layers)
+    assert abs(loaded.predict(w) - built.predict(w)) <= 1e-9 * built.predict(w)
+    target = 0.9
+    res = fxtaylor.prune(model, loader(), target_latency=target, cost=LatencyCost(table=loaded), updates_between_prunes=1,
+                         maps_per_prune=6, progress=False, seed=0)
+    assert timing.CALLS == calls  # nothing was timed here
+    assert res.config["cost_model"]["latency"].startswith("predicted from tables measured elsewhere")
+    assert res.reached and res.after["latency_ratio"] <= target * 1.01
+    with pytest.raises(FxTaylorError, match="holds no latency model of this architecture"):
+        LatencyModel.load(tmp_path / "here", Net(w=24), x)

@@ -28,15 +28,17 @@ class LatencyCost(CostModel):
         from ..latency import Deployment
 
         super().__init__()
-        self.deployment = deployment or Deployment()
+        self.deployment = table.deployment if table is not None else (deployment or Deployment())
         self.cache_dir, self.progress = cache_dir, progress
         self.table = table
+        self.measured_here = table is None  # a table brought from elsewhere: its device may not be this one
 
     def refresh(self, model: nn.Module, example_inputs, layers: Layers) -> None:
+        x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+        self._x = x
         if self.table is None:  # built for the first (dense) architecture it sees, then reused
             from ..latency import LatencyModel
 
-            x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
             self.deployment = self.deployment.resolved(model)
             self.table = LatencyModel.build(model, x, self.deployment, layers=layers.names, cache_dir=self.cache_dir,
                                             progress=self.progress)
@@ -53,8 +55,17 @@ class LatencyCost(CostModel):
     def alignment(self, group_layers: Iterable[str]) -> int:
         return max([self.table.alignment(n) for n in group_layers if n in self._known] or [1])
 
+    def predicted(self, models) -> list:
+        """Timings *predicted* by the table for each model's current widths: how a run checks
+        its cuts when the table was measured on another machine (nothing here can time that
+        device)."""
+        from ..latency import Timing, widths
+
+        return [Timing(self.table.predict(widths(m, self._x, self.table.layers)), 0.0, 0) for m in models]
+
     def describe(self) -> dict:
         t = self.table
         return {"resource": self.name, "unit": self.unit, "deployment": self.deployment.as_dict(),
+                "latency": "measured" if self.measured_here else f"predicted from tables measured elsewhere ({t.path})",
                 "table": None if t is None else {"layers": len(t.layers), "dense_ms": t.dense_ms,
                                                   "remainder_ms": t.remainder_ms, "build_s": t.build_s}}

@@ -190,6 +190,40 @@ class LatencyModel:
         return cls._assemble(specs, tables, saved, dep, skipped, saved["build_s"], model_path)
 
     @classmethod
+    def load(cls, directory: str | Path, model: nn.Module, example_input: torch.Tensor, *,
+             layers: Iterable[str] | None = None) -> "LatencyModel":
+        """The latency model of ``model`` measured on another machine: ``directory`` is that
+        machine's cache folder for the deployment (``<cache>/latency/<Deployment.key()>``, as
+        :meth:`build` left it there), copied here. Nothing is measured and nothing needs the
+        deployment's device: the saved model whose structure, input shape and layers match is
+        assembled from its tables (``layers``: the modelled layer names to match; default: the
+        saved model's own). ``deployment`` is the one it was measured for."""
+        from ..errors import FxTaylorError
+
+        root = Path(directory)
+        for f in sorted((root / "models").glob("*.json")):
+            saved = _read(f, FORMAT_MODEL, lambda d: d)
+            if saved is None:
+                continue
+            d = saved["deployment"]
+            shapes = Deployment(device="cpu", batch_size=d["batch_size"])  # structure and shapes only
+            prepared = timing.prepare(model, shapes)
+            x = timing.batch_like(example_input.cpu().float(), shapes)
+            # the saved layer list (default) reproduces the saved specs exactly when the model matches
+            specs, skipped = layers_mod.find(prepared, x, set(layers) if layers is not None else set(saved["layers"]))
+            if f.stem != _model_key(prepared, x, specs):
+                continue
+            tables = {s.key(): _read(root / "tables" / f"{s.key()}.json", FORMAT_TABLE, LayerTable.from_dict) for s in specs}
+            lost = [k for k, t in tables.items() if t is None]
+            if lost:
+                raise FxTaylorError(f"{root}: {len(lost)} latency table(s) of this model are missing or unreadable (tables/{lost[0]}.json)")
+            fields = {k: d[k] for k in ("device", "batch_size", "dtype", "memory_format", "threads")}
+            return cls._assemble(specs, tables, saved, Deployment(**fields), skipped, 0.0, f)
+        raise FxTaylorError(f"{root} holds no latency model of this architecture and input size: build it on the "
+                            "deployment's machine (fxtaylor prune --target-latency ... there, or LatencyModel.build) "
+                            "and copy its cache folder <cache>/latency/<deployment key>")
+
+    @classmethod
     def _assemble(cls, specs, tables, saved, dep, skipped, build_s, path) -> "LatencyModel":
         dense = timing.Timing(**saved["dense"])
         ref = float(saved["ref_ms"])

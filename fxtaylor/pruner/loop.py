@@ -28,7 +28,7 @@ from ..graph import trace
 from ..importance.base import GraphImportance
 from . import inputs, measure, state
 from .options import Schedule, Target, split_options
-from .pruner import CRITERIA, ROUNDS, Pruner, compare
+from .pruner import CRITERIA, Pruner, compare
 from .result import PruneResult
 
 DEFAULT_FLOPS_REG = 0.0
@@ -128,7 +128,10 @@ def prune(
         raise FxTaylorError("give loss_fn or train_step, not both (train_step computes its own loss)")
     from ..latency import Deployment
 
-    deployment = (deployment or Deployment()).resolved(distributed.unwrap(model)[0])  # unrunnable settings fail here
+    if getattr(cost, "measured_here", True):
+        deployment = (deployment or Deployment()).resolved(distributed.unwrap(model)[0])  # unrunnable settings fail here
+    else:  # a latency table measured elsewhere carries its own deployment
+        deployment = cost.deployment
     ckpt = _read_checkpoint(checkpoint_dir) if resume else None
     if seed is not None:
         state.seed_everything(seed)
@@ -413,12 +416,7 @@ class _Run:
     def _latency(self, after: dict) -> float | None:
         """Dense and pruned latency as deployed, side by side, with their spread; a warning
         when the pruned model is not faster."""
-        from ..latency import measure as measure_latency
-
-        if self.measure_fn is not None:
-            ref, now = self.measure_fn([self.original, self.model])
-        else:
-            ref, now = measure_latency([self.original, self.model], self.example, self.deployment, rounds=ROUNDS)
+        ref, now = self.pruner.measure([self.original, self.model])
         self.before["latency_ms"], after["latency_ms"] = ref.median_ms, now.median_ms
         self.before["latency_iqr_ms"], after["latency_iqr_ms"] = ref.iqr_ms, now.iqr_ms
         ratio, margin = compare(ref, now)

@@ -93,7 +93,10 @@ class Pruner:
             raise FxTaylorError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)} or pass a GraphImportance factory")
         if not (isinstance(flops_reg, (int, float)) and flops_reg >= 0):
             raise FxTaylorError(f"flops_reg (λ) must be >= 0, got {flops_reg!r}")
-        self.deployment = (deployment or Deployment()).resolved(model)  # bad dtype/device: fails before anything
+        if isinstance(cost, LatencyCost) and not cost.measured_here:
+            self.deployment = cost.deployment  # measured elsewhere: not resolvable here
+        else:
+            self.deployment = (deployment or Deployment()).resolved(model)  # bad dtype/device: fails before anything
         self.model, self.example, self.optimizer = model, example_inputs, optimizer
         self.trace_kwargs = {"ignored_layers": list(ignored_layers), "leaf_modules": list(leaf_modules)}
         graph = graph if graph is not None else trace(model, example_inputs, **self.trace_kwargs)
@@ -108,6 +111,9 @@ class Pruner:
             self.cost = LatencyCost(self.deployment, progress=progress)
         else:
             self.cost = FlopsCost()
+        if isinstance(self.cost, LatencyCost) and not self.cost.measured_here and measure_fn is None:
+            self.cost.sync(graph, example_inputs)
+            self._measure = self.cost.predicted  # the deployment's device is elsewhere: trust its tables
         factory = CRITERIA[criterion] if isinstance(criterion, str) else criterion
         kwargs = {"normalize": normalize, "flops_reg": flops_reg, "graph": graph}
         if _accepts(factory, "cost"):  # factories written before cost models existed still work (FLOPs)
@@ -280,10 +286,17 @@ class Pruner:
             cuts = select(imp, 1, goal, -math.inf, r, self.cost, self.selection, ex, coarsen)
         return cuts
 
-    def _measure_real(self, models: Sequence[nn.Module]) -> list:
+    def _measure_real(self, models: Sequence[nn.Module], min_run_time: float = MEASURE_S) -> list:
         from ..latency import measure
 
-        return measure(list(models), self._x, self.deployment, min_run_time=MEASURE_S, rounds=ROUNDS)
+        return measure(list(models), self._x, self.deployment, min_run_time=min_run_time, rounds=ROUNDS)
+
+    def measure(self, models: Sequence[nn.Module]) -> list:
+        """Latency of ``models`` as this pruner judges it: measured on the deployment (longer
+        than a step's check), injected, or predicted from tables measured elsewhere."""
+        if self._measure == self._measure_real:
+            return self._measure_real(models, min_run_time=0.5)
+        return self._measure(models)
 
 
 def _accepts(fn: Callable, name: str) -> bool:
