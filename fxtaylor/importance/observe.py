@@ -80,19 +80,18 @@ def reads_of(graph: ChannelGraph, device: torch.device) -> dict[str, list[Read]]
     return out
 
 
-class Reads:
-    """Context manager: ``on_read(read, x)`` for every feature-map read of every forward pass."""
+class _Hooks:
+    """A context manager of hooks: registered on enter (all removed again if one fails), removed
+    on exit. Subclasses append their handles in ``_register``."""
 
-    def __init__(self, model: nn.Module, reads: dict[str, list[Read]], on_read: Callable, on_forward: Callable | None = None):
-        self.model, self.reads, self.on_read, self.on_forward = model, reads, on_read, on_forward
-        self.handles: list = []
-        self.generation = 0  # forward passes started; a module's call count restarts with each
+    handles: list
 
-    def __enter__(self) -> "Reads":
+    def _register(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
         try:
-            self.handles.append(self.model.register_forward_pre_hook(self._start))
-            for name in self.reads:
-                self.handles.append(self.model.get_submodule(name).register_forward_pre_hook(self._hook(name)))
+            self._register()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -102,6 +101,20 @@ class Reads:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+
+class Reads(_Hooks):
+    """Context manager: ``on_read(read, x)`` for every feature-map read of every forward pass."""
+
+    def __init__(self, model: nn.Module, reads: dict[str, list[Read]], on_read: Callable, on_forward: Callable | None = None):
+        self.model, self.reads, self.on_read, self.on_forward = model, reads, on_read, on_forward
+        self.handles: list = []
+        self.generation = 0  # forward passes started; a module's call count restarts with each
+
+    def _register(self) -> None:
+        self.handles.append(self.model.register_forward_pre_hook(self._start))
+        for name in self.reads:
+            self.handles.append(self.model.get_submodule(name).register_forward_pre_hook(self._hook(name)))
 
     def _start(self, module, args):
         self.generation += 1
@@ -161,26 +174,16 @@ def elements_per_position(out: torch.Tensor, last_dim: bool) -> int:
     return out.numel() // max(per_example * out.shape[cdim], 1)
 
 
-class Produced:
+class Produced(_Hooks):
     """Context manager: ``on_produce(producer, output)`` after every call of every producer."""
 
     def __init__(self, model: nn.Module, producers: list[Producer], on_produce: Callable):
         self.model, self.producers, self.on_produce = model, producers, on_produce
         self.handles: list = []
 
-    def __enter__(self) -> "Produced":
-        try:
-            for p in self.producers:
-                self.handles.append(self.model.get_submodule(p.name).register_forward_hook(self._hook(p)))
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
+    def _register(self) -> None:
+        for p in self.producers:
+            self.handles.append(self.model.get_submodule(p.name).register_forward_hook(self._hook(p)))
 
     def _hook(self, producer: Producer):
         on_produce = self.on_produce

@@ -96,8 +96,8 @@ class Schedule:
 
     def selection_for(self, target: Target) -> str:
         """The order in force: the one given, else the paper's rank — on digits at equal measured
-        latency the knapsack order kept 28.5 % accuracy after pruning against rank's 41.6 % and
-        96.2 % after recovery against 97.4 % (benchmarks/latency_quality.py, 3 seeds)."""
+        latency the knapsack order kept 36.0 % accuracy after pruning against rank's 86.9 %, and
+        97.0 % after recovery against 97.4 % (benchmarks/latency_quality.py, 3 seeds)."""
         return self.selection or "rank"
 
 

@@ -261,12 +261,10 @@ class Pruner:
                 self.now, recalibrated = distributed.broadcast(now_ms), True
                 continue
             if ok:
-                gone: list[int] = []
                 for c in cuts:
-                    gone += c.group.units[c.channels].tolist()
                     optim.prune_keeping_state(self.imp.graph, c.group, c.channels, self.optimizer)
                 self.now = distributed.broadcast(trial_ms)
-                return gone
+                return units.tolist()
             self.rejected += 1
             self.now = distributed.broadcast(now_ms)
             if attempt == 0:  # the same size in other groups

@@ -86,24 +86,28 @@ def select(imp: GraphImportance, k: int, target: float, floor: float, round_to: 
     def layer(i: int) -> float:
         return cost.layer_cost(L.names[i], cin[i], cout[i])
 
-    def candidate(q: _Queue):
+    def chunk(q: _Queue):
+        """The group's next chunk and what it takes from each layer (independent of widths)."""
         nxt = q.next()
         if nxt is None:
             return None
         local, s = nxt
         units = q.group.units[local]
-        deltas = {i: L.delta(i, units) for i in L.of_group.get(q.group.index, ())}
+        return local, float(s.sum()), {i: L.delta(i, units) for i in L.of_group.get(q.group.index, ())}
+
+    def candidate(ch):
+        """(key, chunk, saving) at the current widths."""
+        if ch is None:
+            return None
+        local, value, deltas = ch
         saved = 0.0
         for i, (di, do) in deltas.items():
             saved += layer(i) - cost.layer_cost(L.names[i], max(cin[i] - di, 0), max(cout[i] - do, 0))
-        value = float(s.sum())
-        if mode == "rank":
-            key = value / len(local)
-        else:
-            key = value / saved if saved > 0 else math.inf
-        return key, local, deltas, saved
+        key = value / len(local) if mode == "rank" else (value / saved if saved > 0 else math.inf)
+        return key, ch, saved
 
-    cands = {gi: candidate(q) for gi, q in queues.items()}
+    chunks = {gi: chunk(q) for gi, q in queues.items()}
+    cands = {gi: candidate(ch) for gi, ch in chunks.items()}
     picked: dict[int, list[torch.Tensor]] = {gi: [] for gi in queues}
     est, taken = cost.total(), 0
     while taken < k and est > target:
@@ -111,7 +115,7 @@ def select(imp: GraphImportance, k: int, target: float, floor: float, round_to: 
         if not live:
             break
         _, gi = min(live)  # ties: lowest group index (stable across ranks)
-        key, local, deltas, saved = cands[gi]
+        _, (local, _, deltas), saved = cands[gi]
         if est - saved < floor:
             cands[gi] = None  # overshoots the band: this group is done for this step
             continue
@@ -121,9 +125,10 @@ def select(imp: GraphImportance, k: int, target: float, floor: float, round_to: 
         queues[gi].pos += len(local)
         for i, (di, do) in deltas.items():
             cin[i], cout[i] = max(cin[i] - di, 0), max(cout[i] - do, 0)
+        chunks[gi] = chunk(queues[gi])
         for gj in {gj for i in deltas for gj in L.of_layer[i]} | {gi}:  # groups sharing a narrowed layer
             if gj == gi or cands.get(gj) is not None:
-                cands[gj] = candidate(queues[gj])
+                cands[gj] = candidate(chunks[gj])
     return [Cut(queues[gi].group, torch.sort(torch.cat(p)).values) for gi, p in picked.items() if p]
 
 
