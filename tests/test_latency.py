@@ -15,7 +15,6 @@ import torch.nn as nn
 
 from fxtaylor.errors import FxTaylorError
 from fxtaylor.latency import Deployment, LatencyModel, Timing, measure, noise
-from fxtaylor.latency import deployment as deployment_mod
 from fxtaylor.latency import timing as timing_mod
 from fxtaylor.latency.alignment import detect
 
@@ -187,26 +186,14 @@ def test_unknown_device(tmp_path, device, message):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_dtype_the_device_cannot_run(monkeypatch, tmp_path):
+def test_dtype_the_device_cannot_run(cpu_without_half_conv, tmp_path):
     """Simulates a CPU build without float16 convolution kernels."""
-    real = nn.Conv2d._conv_forward
-
-    def no_half(self, x, w, b):
-        if x.dtype == torch.float16:
-            raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')
-        return real(self, x, w, b)
-
-    monkeypatch.setattr(nn.Conv2d, "_conv_forward", no_half)
-    deployment_mod._check_runs.cache_clear()
-    try:
-        net = small_net()
-        state = copy.deepcopy(net.state_dict())
-        with pytest.raises(FxTaylorError) as e:
-            LatencyModel.build(net, X, Deployment(dtype="float16"), cache_dir=tmp_path)
-        assert str(e.value) == "latency dtype float16 cannot run on cpu (channels_last): \"slow_conv2d_cpu\" not implemented for 'Half'"
-        assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
-    finally:
-        deployment_mod._check_runs.cache_clear()
+    net = small_net()
+    state = copy.deepcopy(net.state_dict())
+    with pytest.raises(FxTaylorError) as e:
+        LatencyModel.build(net, X, Deployment(dtype="float16"), cache_dir=tmp_path)
+    assert str(e.value) == "latency dtype float16 cannot run on cpu (channels_last): \"slow_conv2d_cpu\" not implemented for 'Half'"
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
 
 
 def test_resolved_and_key():

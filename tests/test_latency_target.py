@@ -246,27 +246,13 @@ def test_tables_measured_elsewhere_prune_by_prediction_and_time_nothing(tmp_path
         LatencyModel.load(tmp_path / "here", Net(w=24), x)
 
 
-def test_a_dtype_the_device_cannot_run_fails_before_anything(tmp_path, monkeypatch):
+def test_a_dtype_the_device_cannot_run_fails_before_anything(tmp_path, cpu_without_half_conv):
     """A CPU build without float16 convolutions (simulated): one line, model and files intact."""
-    from fxtaylor.latency import deployment as deployment_mod
-
-    real = nn.Conv2d._conv_forward
-
-    def no_half(self, x, w, b):
-        if x.dtype == torch.float16:
-            raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')
-        return real(self, x, w, b)
-
-    monkeypatch.setattr(nn.Conv2d, "_conv_forward", no_half)
-    deployment_mod._check_runs.cache_clear()
-    try:
-        torch.manual_seed(0)
-        model = Net()
-        before = state(model)
-        with pytest.raises(FxTaylorError, match=r"^latency dtype float16 cannot run on cpu"):
-            fxtaylor.prune(model, loader(), target_latency=0.5, deployment=fxtaylor.Deployment(dtype="float16"),
-                           checkpoint_dir=tmp_path / "run", progress=False)
-        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-        assert not (tmp_path / "run").exists()
-    finally:
-        deployment_mod._check_runs.cache_clear()
+    torch.manual_seed(0)
+    model = Net()
+    before = state(model)
+    with pytest.raises(FxTaylorError, match=r"^latency dtype float16 cannot run on cpu"):
+        fxtaylor.prune(model, loader(), target_latency=0.5, deployment=fxtaylor.Deployment(dtype="float16"),
+                       checkpoint_dir=tmp_path / "run", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not (tmp_path / "run").exists()
