@@ -271,6 +271,10 @@ class _Run:
                 self.removed += gone
                 self.train_model = distributed.wrap(self.model, self.ddp_kwargs, self.train_model)  # new parameter shapes
                 if not gone:
+                    if what == "latency":
+                        # the rejected trials re-measured the model: the record shows the
+                        # measurement the verdict below rests on, not the previous step's
+                        self.history.append(self._record(step, 0, loss, None, rejected=p.rejected - rejected))
                     if p.done:
                         return True, "target reached"
                     if what == "flops":
