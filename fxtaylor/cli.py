@@ -10,18 +10,26 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
 import torch
 
 from . import distributed
-from .errors import FxTaylorError
-from .files import atomic_write
+from .errors import FxTaylorError, message
+from .files import atomic_write, check_writable_dir
 
 RUN_ARGS = "args.json"  # the settings of a run, reused by --resume
+CHECKPOINT = "checkpoint.pt"
+# flags a resume may change: where and how it runs, not what it computes (recorded in the report)
+RESUME_MAY_CHANGE = ("device", "workers", "progress", "debug")
+NOT_SETTINGS = ("func", "resume", "out", "progress", "debug", "given", "argv")  # never saved in args.json
+RUN_META = ("argv", "timings", "resumes")  # what args.json holds besides the settings
+DEBUG_ENV = "FXTAYLOR_DEBUG"
 
 
 def _fraction(text: str) -> float:
@@ -45,14 +53,32 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _count(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _unit(text: str) -> float:
+    v = float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
     from .pruner import DEFAULT_FLOPS_REG
 
     parser = argparse.ArgumentParser(prog="fxtaylor", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:]))
+    debug = "on an error, print the traceback too (or set FXTAYLOR_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug)
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = {}  # name -> sub-parser, for _given()
 
-    p = sub.add_parser("prune", help="prune a model to a FLOPs or latency target (no arguments: the offline default)")
+    p = parser.commands["prune"] = sub.add_parser("prune", help="prune a model to a FLOPs or latency target (no arguments: the offline default)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     p.add_argument("--model", default="resnet18", help="torchvision (or timm) classification model name [resnet18]")
     p.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a state dict file, or a model saved by fxtaylor")
     p.add_argument("--data", help="ImageFolder directory with train/<class>/ and val/<class>/ [bundled digits]")
@@ -79,25 +105,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="how maps are ranked [taylor, the paper's]; the others are baselines")
     p.add_argument("--lr", type=_non_negative, help="SGD learning rate while pruning [1e-4 (paper); 1e-3 on digits]")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="[32, as the paper]")
-    p.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning before pruning [0; 8 on digits, cached]")
+    p.add_argument("--finetune-epochs", type=_count, help="epochs of fine-tuning before pruning [0; 8 on digits, cached]")
     p.add_argument("--finetune-lr", type=_non_negative, default=0.05, help="peak one-cycle learning rate of that fine-tuning [0.05]")
-    p.add_argument("--final-updates", type=int, default=0, help="fine-tuning updates after the last pruning step [0]")
-    p.add_argument("--min-accuracy", type=float, help="stop before validation accuracy falls below this fraction")
-    p.add_argument("--input-size", type=int, help="image side [32 on digits, 224 otherwise]")
-    p.add_argument("--workers", type=int, help="data-loading processes for --data [min(4, cores)]")
+    p.add_argument("--final-updates", type=_count, default=0, help="fine-tuning updates after the last pruning step [0]")
+    p.add_argument("--min-accuracy", type=_unit, help="stop before validation accuracy falls below this fraction")
+    p.add_argument("--input-size", type=_positive_int, help="image side [32 on digits, 224 otherwise]")
+    p.add_argument("--workers", type=_count, help="data-loading processes for --data [min(4, cores)]")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="[cuda if available, else cpu]")
     p.add_argument("--seed", type=int, default=0, help="[0]")
     p.add_argument("--out", help="run directory [runs/<model>-<date>-<time>]")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out with its saved settings")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out with its saved settings (only --device, --workers and --no-progress may differ)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=prune)
 
-    p = sub.add_parser("inspect", help="show the channel groups of a model")
+    p = parser.commands["inspect"] = sub.add_parser("inspect", help="show the channel groups of a model")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     p.add_argument("--model", default="resnet18", help="torchvision (or timm) classification model name")
-    p.add_argument("--input-size", type=int, default=224, help="side of the example image")
+    p.add_argument("--input-size", type=_positive_int, default=224, help="side of the example image")
     p.set_defaults(func=inspect)
 
-    p = sub.add_parser("report", help="summary and plots of a finished run")
+    p = parser.commands["report"] = sub.add_parser("report", help="summary and plots of a finished run")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     p.add_argument("run_dir", help="the run directory (holds report.json)")
     p.set_defaults(func=lambda a: _report().command(a.run_dir))
     return parser
@@ -129,25 +158,29 @@ def _prune(args: argparse.Namespace) -> int:
         raise FxTaylorError("give --target-flops or --target-latency, not both")
     if args.latency_table and args.target_latency is None:
         raise FxTaylorError("--latency-table is for --target-latency: give the fraction of the latency to keep")
-    if args.target_flops is None and args.target_latency is None:
-        args.target_flops = 0.5
-    _deployment(args)  # a bad dtype, format or device fails before anything is built or written
     try:
-        out, error = _run_dir(args), None
+        (out, meta), error = _run_dir(args), None
     except FxTaylorError as e:
-        out, error = None, str(e)
+        out, meta, error = None, {}, str(e)
     error = next((e for e in distributed.gather(error) if e is not None), None)  # all ranks stop, or none
     if error is not None:
         raise FxTaylorError(error)
+    if args.resume and (out / "report.json").is_file():  # finished: nothing to continue, nothing rewritten
+        if main:
+            print(f"fxtaylor: {out} is a finished run: nothing to resume (its report, unchanged, follows)", file=sys.stderr)
+            print(_report().summary_table(_report().read(out)))
+        return 0
+    if args.target_flops is None and args.target_latency is None:
+        args.target_flops = 0.5
     on_digits = args.data is None
     if args.updates_between_prunes is None:
         args.updates_between_prunes = 10 if on_digits else 30
     if args.lr is None:
         args.lr = 1e-3 if on_digits else 1e-4
+    _settings_ok(args)  # bad values fail before anything is built, trained or written
+    _deployment(args)
     seed_everything(args.seed)
     work = job.build(args)  # bad model names and data folders fail here, before anything is written
-    if not args.resume and main:
-        _start(out, args)
     if main:
         where = f" on {distributed.world_size()} processes" if distributed.active() else ""
         print(f"fxtaylor: {args.model} on {work.description}{where}", file=sys.stderr)
@@ -158,25 +191,59 @@ def _prune(args: argparse.Namespace) -> int:
         from .latency import LatencyModel
 
         cost = LatencyCost(table=LatencyModel.load(args.latency_table, work.model, next(iter(work.train))[0][:1]))
-    result = run_prune(
-        work.model, work.train, target_flops=args.target_flops, target_latency=args.target_latency,
-        deployment=_deployment(args), cost=cost, optimizer=opt, val_loader=work.val,
-        updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
-        flops_per_prune=args.flops_per_prune, criterion=args.criterion, round_to=args.round_to, selection=args.selection,
-        flops_reg=args.flops_reg, min_accuracy=args.min_accuracy, final_updates=args.final_updates,
-        checkpoint_dir=out, resume=args.resume, seed=args.seed, arch=work.arch, progress=args.progress,
-    )
+    t_call = time.perf_counter()
+    started, existed = [], out.exists()
+
+    def on_start() -> None:  # every check passed: now the run directory is written
+        if main:
+            _start(out, args, meta, {"setup_s": t_call - t0, "finetune_s": work.finetune_s})
+        started.append(True)
+
+    try:
+        result = run_prune(
+            work.model, work.train, target_flops=args.target_flops, target_latency=args.target_latency,
+            deployment=_deployment(args), cost=cost, optimizer=opt, val_loader=work.val,
+            updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
+            flops_per_prune=args.flops_per_prune, criterion=args.criterion, round_to=args.round_to, selection=args.selection,
+            flops_reg=args.flops_reg, min_accuracy=args.min_accuracy, final_updates=args.final_updates,
+            checkpoint_dir=out, resume=args.resume, seed=args.seed, arch=work.arch, progress=args.progress, on_start=on_start,
+        )
+    except BaseException as e:
+        if main and started and not args.resume and not (out / CHECKPOINT).exists():
+            _unstart(out, remove_dir=not existed)  # stopped before its first step was saved: nothing to resume, nothing left
+        if isinstance(e, FxTaylorError) and (out / CHECKPOINT).exists():
+            raise FxTaylorError(f"{message(e)}; once fixed, `fxtaylor prune --resume --out {out}` continues the run") from e
+        raise
     if not main:
         return 0
     result.save(out / "model.pt")
     rep = result.report(model_file="model.pt")
-    rep["config"].update(data=work.description, lr=args.lr, batch_size=args.batch_size, command=sys.argv[1:],
+    first = meta.get("argv", args.argv) if args.resume else args.argv
+    resumes = [*({k: v for k, v in r.items() if k != "setup_s"} for r in meta.get("resumes", [])),
+               *([_resume_record(args)] if args.resume else [])]
+    rep["config"].update(data=work.description, lr=args.lr, batch_size=args.batch_size, command=first,
                          processes=distributed.world_size())
-    rep["timings"].update(finetune_s=work.finetune_s, total_s=time.perf_counter() - t0)  # the whole command
+    if resumes:
+        rep["config"]["resumes"] = resumes
+    earlier = meta.get("timings", {}).get("setup_s", 0.0) + sum(r.get("setup_s", 0.0) for r in meta.get("resumes", []))
+    rep["timings"].update(  # the whole run: every command's part up to its last checkpoint, and this one
+        finetune_s=meta.get("timings", {}).get("finetune_s", 0.0) if args.resume else work.finetune_s,
+        total_s=earlier + result.timings.get("resumed_at_s", 0.0) + time.perf_counter() - t0)
     files = _report().write(out, rep)
     print(_report().summary_table(rep))
     print(f"\nrun directory {out}: " + ", ".join(p.name for p in [out / "model.pt", *files.values()]))
     return 0
+
+
+def _settings_ok(args: argparse.Namespace) -> None:
+    """The pruning settings, checked as :func:`fxtaylor.prune` will check them, before the
+    model is built (or trained, on digits without a cache)."""
+    from .pruner.options import Schedule, Target
+
+    Target(flops=args.target_flops, latency=args.target_latency)
+    Schedule(updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
+             per_prune=args.flops_per_prune, round_to=args.round_to, selection=args.selection,
+             final_updates=args.final_updates, min_accuracy=args.min_accuracy)
 
 
 def _deployment(args: argparse.Namespace):
@@ -188,28 +255,102 @@ def _deployment(args: argparse.Namespace):
     return dep.resolved(torch.nn.Linear(1, 1))  # the device is named: the module only stands in
 
 
-def _run_dir(args: argparse.Namespace) -> Path:
-    """The run directory; on --resume, the run's saved settings replace the given ones."""
+def _run_dir(args: argparse.Namespace) -> tuple[Path, dict]:
+    """The run directory, checked writable, and on --resume what args.json records besides the
+    settings (RUN_META); the run's saved settings then replace the given ones (a flag that
+    differs from them is an error, but for RESUME_MAY_CHANGE)."""
     if args.resume:
         if args.out is None:
             raise FxTaylorError("--resume needs --out RUN_DIR (the directory of the interrupted run)")
         out = Path(args.out)
-        saved = out / RUN_ARGS
-        if not saved.is_file():
+        saved_file = out / RUN_ARGS
+        if not saved_file.is_file():
             raise FxTaylorError(f"nothing to resume in {out}: no {RUN_ARGS} (was it started by fxtaylor prune?)")
-        keep = {"device": args.device, "progress": args.progress}
-        vars(args).update(json.loads(saved.read_text()), resume=True, out=str(out), **keep)
-        return out
+        try:
+            saved = json.loads(saved_file.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise FxTaylorError(f"{saved_file} is not readable ({type(e).__name__}): it holds the settings --resume needs") from None
+        _same_flags(args, saved, out)
+        if not (out / CHECKPOINT).is_file() and not (out / "report.json").is_file():
+            raise FxTaylorError(f"nothing to resume in {out}: the run stopped before its first pruning step was saved; "
+                                "start it again (the same command without --resume)")
+        check_writable_dir(out, "--out")
+        now = {k: getattr(args, k) for k in RESUME_MAY_CHANGE if hasattr(args, k)}
+        if "workers" not in args.given:
+            now.pop("workers", None)
+        meta = {k: saved.pop(k) for k in RUN_META if k in saved}
+        vars(args).update(saved, resume=True, out=str(out), **now)
+        args.changed = {k: [saved[k], now[k]] for k in ("device", "workers") if k in saved and k in now and saved[k] != now[k]}
+        return out, meta
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    if (out / "checkpoint.pt").exists() or (out / "report.json").exists():
+    check_writable_dir(out, "--out")
+    if (out / CHECKPOINT).exists() or (out / "report.json").exists():
         raise FxTaylorError(f"{out} already holds a run: pass --resume to continue it, or another --out")
-    return out
+    return out, {}
 
 
-def _start(out: Path, args: argparse.Namespace) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "out", "device", "progress")}
-    atomic_write(out / RUN_ARGS, json.dumps(settings, indent=2).encode())
+def _same_flags(args: argparse.Namespace, saved: dict, out: Path) -> None:
+    """--resume continues a run as it was started: a flag given now must equal the saved one."""
+    defaults = {a.dest: a.default for a in _parser().commands["prune"]._actions}
+    options = {a.dest: max(a.option_strings, key=len) for a in _parser().commands["prune"]._actions if a.option_strings}
+    differ = []
+    for dest in sorted(args.given - set(RESUME_MAY_CHANGE) - {"out", "resume"}):
+        was, now = saved.get(dest, defaults.get(dest)), getattr(args, dest)
+        if not _same_value(was, now):
+            differ.append(f"{options.get(dest, dest)} {_shown(now)} (the run: {_shown(was)})")
+    if differ:
+        raise FxTaylorError(
+            f"--resume continues the run in {out} with the settings it was started with, and these flags differ from them: "
+            f"{', '.join(differ)}. Leave them out (only {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE if k != 'progress')} "
+            "and --no-progress may change), or start a new run with another --out")
+
+
+def _same_value(a, b) -> bool:
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)  # the same data folder or weights file, spelt differently
+    return False
+
+
+def _shown(v) -> str:
+    return "(not given)" if v is None else str(v)
+
+
+def _start(out: Path, args: argparse.Namespace, meta: dict, timings: dict) -> None:
+    """args.json: the settings --resume reuses, the command line, and the timings of the parts
+    outside the pruning loop; a resume appends its own record."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FxTaylorError(f"cannot create --out {out}: {e.strerror or e}") from e
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS + ("changed",) and k not in RUN_META}
+    if args.resume:
+        record = {**settings, **meta, "resumes": [*meta.get("resumes", []), {**_resume_record(args), "setup_s": timings["setup_s"]}]}
+    else:
+        record = {**settings, "argv": args.argv, "timings": timings}
+    atomic_write(out / RUN_ARGS, json.dumps(record, indent=2).encode())
+
+
+def _resume_record(args: argparse.Namespace) -> dict:
+    """A resume as the report records it: its command line and the flags it changed."""
+    rec = {"argv": args.argv}
+    if getattr(args, "changed", None):
+        rec["changed"] = args.changed
+    return rec
+
+
+def _unstart(out: Path, remove_dir: bool) -> None:
+    """Remove what a run that stopped before its first checkpoint wrote: its args.json, and the
+    directory if it made it and nothing else is in it."""
+    try:
+        (out / RUN_ARGS).unlink(missing_ok=True)
+        if remove_dir and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+    except OSError:
+        pass
 
 
 def inspect(args: argparse.Namespace) -> int:
@@ -218,8 +359,11 @@ def inspect(args: argparse.Namespace) -> int:
     from .graph import trace
     from .graph.atoms import PRODUCER
 
+    from .pruner.inputs import run
+
     model = models.build_named(args.model)[0].eval()
     x = torch.randn(1, 3, args.input_size, args.input_size)
+    run(model, x, f"a {args.input_size}×{args.input_size} image (--input-size)")  # one line if too small
     graph = trace(model, x)
     flops = FlopsCost().sync(graph, x)
     total, cost = flops.total(), flops.unit_costs()
@@ -242,21 +386,58 @@ def inspect(args: argparse.Namespace) -> int:
         f"{sum(g.num_prunable for g in prunable)} removable channels; {total / 1e9:.3f} GFLOPs at "
         f"{args.input_size}×{args.input_size} (FLOPs/ch: share of them one channel of the group costs)"
     )
+    if len(graph.modes) > 1:
+        print("traced in eval and train mode (the graphs differ): groups are their union")
+    if graph.partial is not None:
+        print(graph.partial.describe())
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command. Every error a user can cause ends as one line, ``fxtaylor: error: ...``,
+    exit status 2 (1 for an unexpected one); ``--debug`` or FXTAYLOR_DEBUG=1 adds the traceback."""
     # torchvision's model code still calls torch.jit.script; torch 2.14 deprecates it loudly
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv, args.given = argv, _given(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.func(args)
-    except FxTaylorError as e:
-        print(f"fxtaylor: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("\nfxtaylor: interrupted; `fxtaylor prune --resume --out RUN_DIR` continues a pruning run", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        print(f"fxtaylor: error: {_one_line(e, debug)}", file=sys.stderr)
+        return 2 if isinstance(e, (FxTaylorError, OSError, MemoryError)) else 1
+
+
+def _one_line(e: BaseException, debug: bool) -> str:
+    if isinstance(e, FxTaylorError):
+        return message(e)
+    if isinstance(e, OSError):  # a disk that is full, a file that cannot be read
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        return f"{e.strerror or message(e)}{where}"
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return f"out of memory ({message(e)}): use a smaller --batch-size or --input-size"
+    hint = "" if debug else f"; `--debug` (or {DEBUG_ENV}=1) shows the traceback"
+    return f"unexpected {type(e).__name__}: {message(e)}{hint}"
+
+
+def _given(argv: list[str]) -> set[str]:
+    """The settings the command line names explicitly (not left at their defaults): what a
+    resume must compare with the run's saved ones."""
+    parser = _parser()
+    for sub in (parser, *parser.commands.values()):
+        for action in sub._actions:
+            if action.dest != "help":
+                action.default = argparse.SUPPRESS
+    try:
+        return set(vars(parser.parse_args(argv))) - {"func", "command"}
+    except SystemExit:  # parsed once already: cannot happen
+        return set()
 
 
 if __name__ == "__main__":

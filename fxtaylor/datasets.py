@@ -41,6 +41,9 @@ def image_folder(root: str, split: str, size: int, train: bool, normalize: tuple
     classes = [d for d in path.iterdir() if d.is_dir()]
     if not classes:
         raise FxTaylorError(f"--data {root}: {path} has no class sub-folders (expected {path}/<class>/<image>)")
+    if len(classes) == 1:
+        raise FxTaylorError(f"--data {root}: {path} has one class folder ({classes[0].name}): the loss of a single class "
+                            "is always 0 and ranks nothing; a classification task needs at least two")
     mean, std = normalize or ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     if train:
         t = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
@@ -48,6 +51,21 @@ def image_folder(root: str, split: str, size: int, train: bool, normalize: tuple
         t = [transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size)]
     tf = transforms.Compose(t + [transforms.ToTensor(), transforms.Normalize(mean, std)])
     try:
-        return datasets.ImageFolder(str(path), transform=tf)
+        return datasets.ImageFolder(str(path), transform=tf, loader=read_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise FxTaylorError(f"--data {root}: {str(e).splitlines()[0]}") from None
+
+
+def read_image(path: str):
+    """An image file as RGB (what torchvision's ImageFolder reads), or a one-line error naming
+    the file: a corrupt or truncated image stops a run with the file's name, not PIL's traceback."""
+    from PIL import Image
+
+    from .errors import FxTaylorError, describe
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        why = "not an image file PIL can read" if isinstance(e, Image.UnidentifiedImageError) else describe(e)
+        raise FxTaylorError(f"cannot read image {path} ({why}): remove or replace the file") from None

@@ -24,7 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from . import datasets, distributed, models, saving
-from .errors import FxTaylorError
+from .errors import FxTaylorError, describe
 
 
 @dataclass
@@ -90,6 +90,8 @@ def _digits(args) -> Job:
     model, arch = models.build_named(args.model, num_classes=10)
     model, arch = _with_weights(model, arch, args.weights)
     model.to(args.device)
+    if getattr(args, "resume", False):  # the checkpoint holds the weights: training them again would be wasted
+        return Job(model, arch, train, val, desc + "; weights from the checkpoint")
     t = time.perf_counter()
     # trained once, in one process, on all the data: the cache is the same for any launch
     whole = train_loader(train_set, args, shard=False)
@@ -115,7 +117,9 @@ def _folder(args) -> Job:
     model.to(args.device)
     desc = f"{args.data} ({len(train_set.classes)} classes, {len(train_set)} train / {len(val_set)} val, {size}×{size})"
     spent = 0.0
-    if args.finetune_epochs:
+    if args.finetune_epochs and getattr(args, "resume", False):
+        desc += "; fine-tuned weights from the checkpoint"
+    elif args.finetune_epochs:
         t = time.perf_counter()
         finetune(model, train, args.finetune_epochs, args.finetune_lr, args.progress, "fine-tune")
         spent = time.perf_counter() - t
@@ -143,7 +147,11 @@ def _with_weights(model: nn.Module, arch: dict, weights: str | None) -> tuple[nn
             w = enum.DEFAULT if weights == "DEFAULT" else enum[weights.rpartition(".")[2]]
         except (KeyError, ValueError):
             raise FxTaylorError(f"--weights {weights}: neither a file nor a torchvision weights name for {arch['name']}") from None
-        state = w.get_state_dict(progress=True)
+        try:
+            state = w.get_state_dict(progress=True)
+        except (OSError, RuntimeError) as e:  # offline, a proxy, a truncated download
+            raise FxTaylorError(f"--weights {weights}: downloading {w} failed ({describe(e)}); pass a local weights "
+                                "file instead (a state dict or a model saved by fxtaylor)") from e
     else:
         raise FxTaylorError(f"--weights {weights}: no such file")
     skipped = load_matching(model, state)
@@ -168,6 +176,17 @@ def finetune(model: nn.Module, loader: DataLoader, epochs: int, lr: float, progr
     DistributedDataParallel, each rank on its shard of the loader."""
     if epochs <= 0:
         return
+    from .pruner import inputs
+
+    try:  # the first batch through the model before the first update: shapes, labels, classes
+        x, y = inputs.first_batch([inputs.peek(loader)])
+    except StopIteration:
+        raise FxTaylorError("the training data yields no batches") from None
+    except FxTaylorError:
+        raise
+    except Exception as e:
+        raise FxTaylorError(f"the training loader failed on its first batch: {describe(e)}") from e
+    inputs.check_batch(model, x, y, None, loader, None)
     net = distributed.wrap(model, None) if ddp else model
     progress = progress and distributed.is_main()
     device = next(model.parameters()).device

@@ -26,6 +26,9 @@ from .errors import FxTaylorError
 from .graph import ChannelGraph, trace
 
 
+KINDS = ("torchvision", "timm", "custom", "pruned")  # the arch records :func:`build` knows
+
+
 def build_named(name: str, **kwargs: Any) -> tuple[nn.Module, dict]:
     """An untrained model by name (torchvision first, then timm) and its arch record."""
     import torchvision
@@ -43,11 +46,38 @@ def build_named(name: str, **kwargs: Any) -> tuple[nn.Module, dict]:
     raise FxTaylorError(f"unknown model {name!r}: not a torchvision classification model{hint}; known names include {known}, ...")
 
 
-def replay(model: nn.Module, input_shape: list[int], trace_kwargs: dict, removed_units: list[int] | torch.Tensor) -> ChannelGraph:
+def shapes(x: Any) -> Any:
+    """The shapes of a model's example input, as recorded in an arch record: ``[1, 3, 32, 32]``
+    for one tensor; for a tuple of arguments, a list with the shapes of each (lists and dicts
+    kept), e.g. ``[[[3, 480, 640]]]`` for a detection model's list of one image."""
+    if isinstance(x, torch.Tensor):
+        return list(x.shape)
+    if isinstance(x, (list, tuple)):
+        return [shapes(v) for v in x]
+    if isinstance(x, dict):
+        return {k: shapes(v) for k, v in x.items()}
+    return None
+
+
+def _zeros(shape: Any, device) -> Any:
+    if isinstance(shape, dict):
+        return {k: _zeros(v, device) for k, v in shape.items()}
+    if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
+        return torch.zeros(shape, device=device)
+    if isinstance(shape, list):
+        return [_zeros(v, device) for v in shape]
+    return shape
+
+
+def replay(model: nn.Module, input_shape: list, trace_kwargs: dict, removed_units: list[int] | torch.Tensor) -> ChannelGraph:
     """Prune ``model`` (unpruned, on any device) by removing ``removed_units`` of its channel
     graph; returns the graph, which now describes the pruned model."""
     p = next(model.parameters(), None)
-    x = torch.zeros(input_shape, device=p.device if p is not None else "cpu")
+    device = p.device if p is not None else "cpu"
+    if all(isinstance(d, int) for d in input_shape):  # one input tensor
+        x = torch.zeros(input_shape, device=device)
+    else:  # the model's arguments (a detection model's list of images): zeros of each shape
+        x = tuple(_zeros(a, device) for a in input_shape)
     graph = trace(model, x, **trace_kwargs)
     gone = torch.as_tensor(removed_units, dtype=torch.long)
     if gone.numel() and (int(gone.min()) < 0 or int(gone.max()) >= graph.group_of_unit.numel()):

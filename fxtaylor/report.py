@@ -44,7 +44,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import FxTaylorError
+from .errors import FxTaylorError, WriteError, describe
 from .files import atomic_write
 
 REPORT_FILE = "report.json"
@@ -70,7 +70,10 @@ def write(run_dir: str | os.PathLike, report: dict) -> dict[str, Path]:
     Returns the written paths by name: ``"report"``, ``"accuracy_vs_flops"``, ``"channels"``.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot write the report into {run_dir}: {e.strerror or e} ({e.filename or run_dir})") from e
     paths = {"report": run_dir / REPORT_FILE}
     # allow_nan=False: jsonable() already turned NaN/inf into None; if one slipped through we
     # want an error here, not a bare NaN that strict JSON readers (jq, JavaScript) reject.
@@ -263,12 +266,7 @@ def summary_table(report: dict) -> str:
     speedup = _known(report.get("speedup"))
     dep = (report.get("config") or {}).get("deployment") or {}
     where = f" on {dep.get('device')}, batch {dep.get('batch_size')}, {dep.get('dtype')}" if dep.get("device") else ""
-    status = [f"speed-up {MISSING if speedup is None else f'{speedup:.2f}×'}{where}",
-              f"stop reason: {report.get('stop_reason') or MISSING}"]
-    if report.get("reached") is False and report.get("stop_reason") != "target reached":
-        status[-1] += " (target not reached)"
-    elif report.get("reached") is False:
-        status[-1] = "stop reason: target missed by the final count"
+    status = [f"speed-up {MISSING if speedup is None else f'{speedup:.2f}×'}{where}", outcome(report)]
     total = (report.get("timings") or {}).get("total_s")
     if total is not None:
         status.append(f"total time {format_duration(total)}")
@@ -284,6 +282,22 @@ def summary_table(report: dict) -> str:
         lines.append(f"WARNING: the pruned model is {verdict} than the dense one on this deployment; "
                      "prune with --target-latency for it (docs/latency.md)")
     return "\n".join(lines)
+
+
+def outcome(report: dict) -> str:
+    """"stop reason: ..." for the status line, never contradicting ``reached``: a reason that
+    claims the target while ``reached`` is false (reports written before the loop said why) reads
+    as missed, and "(target not reached)" is added only to reasons that do not say so already."""
+    reason = str(report.get("stop_reason") or MISSING)
+    reached = report.get("reached")
+    if reached is False:
+        if reason.startswith("target reached"):
+            return "stop reason: target missed by the final count"
+        if "not reached" not in reason and "missed" not in reason:
+            reason += " (target not reached)"
+    elif reached is True and reason == MISSING:
+        reason = "target reached"
+    return f"stop reason: {reason}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,9 +447,13 @@ def command(run_dir: str | os.PathLike) -> int:
     """``fxtaylor report RUN_DIR``: print the summary, redraw missing plots, list the files."""
     run_dir = Path(run_dir)
     report = read(run_dir)
-    print(summary_table(report))
     missing = [name for name, file in PLOT_FILES.items() if not (run_dir / file).is_file()]
-    write_plots(run_dir, report, only=missing)
+    try:
+        table = summary_table(report)
+        print(table)
+        write_plots(run_dir, report, only=missing)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as e:  # a hand-edited or foreign report.json
+        raise FxTaylorError(f"{run_dir / REPORT_FILE} is not a readable fxtaylor report ({describe(e)})") from e
     print()
     print(f"report             {run_dir / REPORT_FILE}")
     for name, file in PLOT_FILES.items():

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import models
-from .errors import FxTaylorError
+from .errors import FxTaylorError, WriteError
 from .files import atomic_write
 
 MODEL_FORMAT = "fxtaylor.model/1"
@@ -30,10 +30,19 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to memory, then :func:`fxtaylor.files.atomic_write` (temporary sibling,
     fsync, rename over ``path``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write(path, buf.getbuffer())
+
+
+def make_parent(path: Path) -> None:
+    """Create the folder ``path`` goes in; a one-line error when it cannot be (a file in the
+    way, no permission)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e} ({e.filename or path.parent})") from e
 
 
 def safe_load(path: str | os.PathLike, what: str = "file", map_location: Any = "cpu") -> dict:
@@ -60,6 +69,12 @@ def shapes_of(model: nn.Module) -> dict[str, list[int]]:
 
 def save(model: nn.Module, path: str | os.PathLike, arch: dict, **meta: Any) -> None:
     """Save ``model`` as its arch record plus a plain state dict (see :func:`load`)."""
+    if not (isinstance(arch, dict) and arch.get("kind") in models.KINDS):
+        raise FxTaylorError(f"cannot save {path}: arch must be an arch record, a dict whose 'kind' is one of "
+                            f"{', '.join(models.KINDS)} (fxtaylor.models), got {arch!r:.80}")
+    meta = [k for k, v in model.state_dict().items() if v.is_meta]
+    if meta:
+        raise FxTaylorError(f"cannot save {path}: the model's weights are on the meta device (not materialised; first: {meta[0]})")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_save({"format": MODEL_FORMAT, "arch": arch, "state_dict": state, "meta": meta}, path)
 

@@ -36,11 +36,23 @@ class WithGate(nn.Module):
 
 
 def test_untraceable_model_names_the_module_and_the_fix():
+    """fx alone cannot trace it: the error names the module, the line and the fix."""
     with pytest.raises(fxtaylor.TraceError) as e:
-        fxtaylor.trace(WithGate(), X)
+        fxtaylor.graph.propagate.symbolic_trace(WithGate())
     msg = str(e.value)
     assert "'gate' (Gate)" in msg and "leaf_modules=[Gate]" in msg and "control flow" in msg
     assert "if x.mean() > 0" in msg  # the offending line of user code
+
+
+def test_untraceable_module_is_recorded_and_its_reads_freeze_with_the_reason():
+    """fxtaylor.trace traces the rest in parts; the gate reads the mean of a's channels (its
+    branch depends on them), so those freeze with a reason naming the gate and the fx error."""
+    model = randomize_norms(WithGate())
+    graph = fxtaylor.trace(model, X)
+    assert "if x.mean() > 0" in graph.partial.untraced["gate"]
+    a = graph.group_of("a.0")
+    assert not a.prunable and any("in gate (not traced" in r for r in a.frozen), a.frozen
+    assert graph.group_of("b.0").prunable and graph.group_of("c.0").frozen == ["reaches the model output"]
 
 
 @pytest.mark.parametrize("leaf", [Gate, "gate"])
@@ -173,7 +185,7 @@ class MyGain(nn.Module):
 
 def test_documented_recipe_for_a_new_rule(monkeypatch):
     """docs/graph.md, 'Adding a rule': a leaf module with its own rule and surgery handler."""
-    from fxtaylor.graph import rules, surgery
+    from fxtaylor.graph import ops, rules
 
     def scale_by_channel(c):
         f = rules.factor_on(c.ann(0), 1)
@@ -185,10 +197,9 @@ def test_documented_recipe_for_a_new_rule(monkeypatch):
         keep = [i for i in range(m.gain.numel()) if i not in set(removed["norm"])]
         m.gain = nn.Parameter(m.gain.data[keep])
 
-    monkeypatch.setitem(rules.MODULE_RULES, MyGain, scale_by_channel)
-    monkeypatch.setitem(surgery.HANDLERS, MyGain, cut)
+    monkeypatch.setitem(ops.SPECS, MyGain, ops.OpSpec(rule=scale_by_channel, prune=cut))
     model = randomize_norms(nn.Sequential(cbr(3, 8), MyGain(8), cbr(8, 4)))
-    graph = fxtaylor.trace(model, X, leaf_modules=[MyGain])
+    graph = fxtaylor.trace(model, X)  # a module with an op spec is a leaf
     g = graph.group_of("0.0")
     assert g.prunable and ("1", "norm") in {(m.name, m.role) for m in g.members} and graph.opaque == []
     kill_channels(model, g, [2])

@@ -8,18 +8,17 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from ..graph import ChannelGraph
+from ..graph import ChannelGraph, ops
 
-DENSE, SINGLE = "dense", "single"
+DENSE, SINGLE = ops.DENSE, ops.SINGLE
 """A *dense* layer's cost depends on its input and output widths separately (conv with one
 group, linear); a *single*-width layer has one channel count that input and output share (batch
 norm, activation, pooling, depthwise and grouped convs, whose groups go whole)."""
 
 
 def _module_widths(m: nn.Module) -> tuple[int | None, int | None]:
-    cin = getattr(m, "in_channels", getattr(m, "in_features", None))
-    cout = getattr(m, "out_channels", getattr(m, "out_features", None))
-    return cin, cout
+    spec = ops.spec_of(m)
+    return spec.widths(m) if spec is not None and spec.widths is not None else (None, None)
 
 
 class Layers:
@@ -45,7 +44,7 @@ class Layers:
             fin, fout = _module_widths(m)
             cin = ins.numel() if ins is not None else (fin if fin is not None else outs.numel())
             cout = outs.numel() if outs is not None else (fout if fout is not None else cin)
-            dense = (isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1) or isinstance(m, nn.Linear)
+            dense = ops.cost_kind(m) == DENSE  # from the op spec: conv with one group, linear
             i = len(self.names)
             self.names.append(name)
             self.kind.append(DENSE if dense else SINGLE)

@@ -12,7 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+import torch
 import torch.nn as nn
+
+from ..errors import FxTaylorError
 
 from .base import CostModel, Layers
 
@@ -34,7 +37,12 @@ class LatencyCost(CostModel):
         self.measured_here = table is None  # a table brought from elsewhere: its device may not be this one
 
     def refresh(self, model: nn.Module, example_inputs, layers: Layers) -> None:
-        x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+        x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 1 else example_inputs
+        if not isinstance(x, torch.Tensor):
+            raise FxTaylorError(
+                "target_latency needs a model whose input is one batched tensor (its per-layer tables are "
+                f"measured at the deployment's batch size); this model takes {type(x).__name__} inputs. Prune it "
+                "with target_flops: the latency before and after is still measured on the example inputs")
         self._x = x
         if self.table is None:  # built for the first (dense) architecture it sees, then reused
             from ..latency import LatencyModel

@@ -28,9 +28,9 @@ class Call:
     def name(self) -> str:
         """Qualified module name (call_module) or the op's readable name."""
         n = self.node
-        if n.op == "call_module":
-            return str(n.target)
-        return getattr(n.target, "__name__", str(n.target))
+        name = str(n.target) if n.op == "call_module" else getattr(n.target, "__name__", str(n.target))
+        where = n.meta.get("fxtaylor_untraced")  # recorded from code fx could not trace
+        return f"{name} in {where}" if where else name
 
     def ann(self, i: int | str = 0) -> Ann:
         """Annotation of positional arg ``i`` (or kwarg ``i``); ``()`` when it carries none."""

@@ -24,8 +24,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..errors import PruneError
-from . import propagate, rules, surgery
+from ..errors import PruneError, TraceError
+from . import propagate, record, rules, selection, surgery
 from .atoms import PARAM, PRODUCER, Atoms, Space
 
 
@@ -113,11 +113,14 @@ class ChannelGraph:
     def __init__(self, model: nn.Module, fx_graph: fx.Graph, prop: propagate.ChannelProp, ignored: set[str], opaque: set[str]):
         self.model = model
         self.fx_graph = fx_graph
+        self.partial: record.Partial | None = None  # set when the model was traced in parts
+        self.modes: tuple[str, ...] = ("eval",)  # modes whose graphs were joined
         # user leaves the rule table does not know: black boxes whose channels are frozen
         self.opaque = sorted(n for n in opaque if rules.lookup_module(model.get_submodule(n)) is None)
         atoms = prop.atoms
-        for (name, _), sp in atoms.spaces.items():
-            if name in ignored:
+        for (name, _), sp in atoms.spaces.items():  # ignored: module names, containers expanded
+            owner = name.rpartition(".")[0] if sp.kind == PARAM else name  # a free parameter's module
+            if name in ignored or owner in ignored:
                 atoms.freeze(sp.atoms, f"touches ignored layer {name}")
         root = atoms.classes()
         unit_of_atom, n_units = _units(atoms, root)
@@ -182,8 +185,12 @@ class ChannelGraph:
         return {n: (self.io_maps.get((n, "in")), self.io_maps.get((n, "out"))) for n in names}
 
     def summary(self) -> str:
-        """One line per group: size, producers, prunable or why not."""
-        return "\n".join(repr(g) for g in self.groups)
+        """One line per group: size, producers, prunable or why not; then, for a model traced
+        in parts, what was traced and what was not (and why)."""
+        lines = [repr(g) for g in self.groups]
+        if self.partial is not None:
+            lines.append(self.partial.describe())
+        return "\n".join(lines)
 
     # -- pruning -----------------------------------------------------------------------------
 
@@ -204,9 +211,11 @@ class ChannelGraph:
             raise PruneError(f"group {group.index}: channel indices must be distinct and in [0, {group.size})")
         if group.size - idx.numel() < group.min_keep:
             raise PruneError(f"group {group.index}: must keep at least {group.min_keep} of {group.size} channels")
+        self.check_current()  # a stale graph would cut the wrong positions, or none, while renaming widths
         gone = group.units[idx]
         by_module: dict[str, dict[str, list[int]]] = defaultdict(dict)
         params: list[tuple[str, int, list[int]]] = []
+        kept: dict[tuple[str, str], torch.Tensor] = {}
         for key, units in self.unit_maps.items():
             hit = torch.isin(units, gone)
             if not bool(hit.any()):
@@ -216,15 +225,83 @@ class ChannelGraph:
                 params.append((key[0], int(key[1][len("param"):]), pos))
             else:
                 by_module[key[0]][key[1]] = pos
-            self.unit_maps[key] = units[~hit]
+            kept[key] = units[~hit]
         for name, removed in by_module.items():
             surgery.prune_module(self.model.get_submodule(name), removed)
         for path, dim, pos in params:
             surgery.prune_parameter(self.model, path, dim, pos)
+        self.unit_maps.update(kept)
         for maps in (self.node_maps, self.io_maps):
             for key, units in maps.items():
                 maps[key] = units[~torch.isin(units, gone)]
         group.units = group.units[~torch.isin(group.units, gone)]
+
+    def check_current(self) -> None:
+        """Raise :class:`PruneError` unless every module (and free parameter) still has the
+        widths this graph recorded. A model changed since it was traced — pruned by
+        torch-pruning or by hand, a layer replaced — makes the graph stale: its positions no
+        longer name the model's channels, and pruning through it would cut the wrong ones (or
+        none, while the modules' width attributes shrink). Nothing is modified."""
+        modules = dict(self.model.named_modules())
+        for key, units in self.unit_maps.items():
+            name, role = key
+            have = _widths(self.model, modules, name, role, self.spaces[key].kind)
+            if have is None:
+                raise PruneError(f"the channel graph is stale: the model has no {name} any more (it was changed since it "
+                                 "was traced); trace it again (fxtaylor.trace)")
+            want = int(units.numel())
+            if any(w != want for w in have):
+                raise PruneError(
+                    f"the channel graph is stale: {name} ({role}) has {next(w for w in have if w != want)} "
+                    f"channels, the graph recorded {want}; the model was changed outside this graph since it was traced "
+                    "(e.g. by another pruner): trace it again (fxtaylor.trace) and prune through the new graph")
+
+
+_WIDTH_ATTRS = {"out": ("out_channels", "out_features", "embedding_dim"), "in": ("in_channels", "in_features"),
+                "norm": ("num_features", "num_parameters")}
+_KINDS: dict[type, str] = {}  # module class -> "dense" (conv, linear), "embedding" or "other"
+
+
+def _widths(model: nn.Module, modules: dict[str, nn.Module], name: str, role: str, kind: str) -> list[int] | None:
+    """The widths the module (or free parameter) at ``name`` has now along the axis of space
+    ``role``, from its width attributes and from its tensors (they disagree when a model was
+    changed by hand); empty when nothing tells, None when it is gone. Read from the modules'
+    dicts: a pruning step checks every space, and ``nn.Module.__getattr__`` misses are slow."""
+    if kind == PARAM:
+        owner_path, _, attr = name.rpartition(".")
+        owner = modules.get(owner_path)
+        p = None if owner is None else owner._parameters.get(attr, owner.__dict__.get(attr))
+        if not isinstance(p, torch.Tensor):
+            return None
+        d = int(role[len("param"):])
+        return [int(p.shape[d])] if p.dim() > d else []
+    m = modules.get(name)
+    if m is None:
+        return None
+    cls = type(m)
+    mk = _KINDS.get(cls)
+    if mk is None:
+        dense = issubclass(cls, (nn.Linear, nn.modules.conv._ConvNd))
+        mk = _KINDS[cls] = "dense" if dense else "embedding" if issubclass(cls, nn.Embedding) else "other"
+    attrs, params = m.__dict__, m._parameters
+    out = [v for v in (attrs.get(a) for a in _WIDTH_ATTRS.get(role, ())) if type(v) is int]
+    w = params.get("weight")
+    if mk == "dense" and not attrs.get("transposed", False) and w is not None and w.dim() >= 2:
+        if role == "out":
+            out.append(w.shape[0])
+            b = params.get("bias")
+            if b is not None:
+                out.append(b.shape[0])
+        elif role == "in":
+            out.append(w.shape[1] * attrs.get("groups", 1))
+    elif mk == "embedding" and role == "out" and w is not None and w.dim() == 2:
+        out.append(w.shape[1])
+    elif role == "norm":
+        bufs = m._buffers
+        for t in (w, params.get("bias"), bufs.get("running_mean"), bufs.get("running_var")):
+            if t is not None and t.dim() == 1 and t.numel() > 1:
+                out.append(t.shape[0])
+    return out
 
 
 def _locate(units: torch.Tensor, group_units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,10 +373,28 @@ def trace(
     must not change; every group touching them is frozen. ``leaf_modules``: module types,
     names or instances fx should not trace into (e.g. ones with data-dependent control flow);
     their channels are frozen and listed in ``graph.opaque``.
+
+    The model is traced in eval and in train mode; where the graphs differ (auxiliary heads),
+    the groups are their union (``graph.modes``). A model fx cannot trace whole is traced in
+    parts, the code between them recorded op by op (``graph.partial``; docs/graph.md).
+    ``example_inputs`` may then be any arguments the model takes (a list of images).
     """
-    ignored_layers = list(ignored_layers)
-    names = {id(m): n for n, m in model.named_modules()} if any(isinstance(m, nn.Module) for m in ignored_layers) else {}
-    ignored = {names.get(id(m), m) if isinstance(m, nn.Module) else m for m in ignored_layers}
-    fx_graph, opaque = propagate.symbolic_trace(model, tuple(leaf_modules))
-    prop = propagate.run(model, fx_graph, example_inputs, opaque)
-    return ChannelGraph(model, fx_graph, prop, ignored, opaque)
+    # one resolution for trace() and prune(): containers expanded, leaf types by isinstance
+    ignored, leaf_names = selection.resolve(model, ignored_layers, leaf_modules)
+    leaves = tuple(sorted(leaf_names))  # the tracer matches leaves by name
+    try:
+        fx_graph, train_graph, opaque = propagate.symbolic_trace_modes(model, leaves)
+    except TraceError as whole:
+        fx_graph, values, partial = record.record(model, example_inputs, leaves)
+        if not partial.traced and not any(n.op == "call_module" for n in fx_graph.nodes):
+            raise whole
+        opaque = {n.target for n in fx_graph.nodes if n.op == "call_module"
+                  and propagate._Tracer(leaves).is_user_leaf(model.get_submodule(n.target), n.target)}
+        prop = propagate.run(model, fx_graph, values, opaque)
+        graph = ChannelGraph(model, fx_graph, prop, ignored, opaque)
+        graph.partial = partial
+        return graph
+    prop = propagate.run(model, fx_graph, example_inputs, opaque, train_graph)
+    graph = ChannelGraph(model, fx_graph, prop, ignored, opaque)
+    graph.modes = ("eval", "train") if train_graph is not None else ("eval",)
+    return graph

@@ -57,10 +57,27 @@ def dead_channel_diff(model: nn.Module, example_inputs: Any, group_index: int, c
     graph.prune(group, channels)
     with torch.no_grad():
         after = m(*inputs)
-    if before.shape != after.shape:
+    b, a = _tensors(before), _tensors(after)
+    if len(b) != len(a) or any(x.shape != y.shape for x, y in zip(b, a)):
         return float("inf"), False
-    diff = float((before - after).abs().max())
-    return (diff / max(1.0, float(before.abs().max())) if relative else diff), True
+    pairs = [(x.double(), y.double()) for x, y in zip(b, a) if x.numel()]
+    if not pairs:
+        return 0.0, True
+    diff = max(float((x - y).abs().max()) for x, y in pairs)
+    scale = max(float(x.abs().max()) for x, _ in pairs)
+    return (diff / max(1.0, scale) if relative else diff), True
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, or lists / tuples / dicts of them: detection
+    models return a list of dicts of boxes, labels and scores; RAFT a list of flow fields)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _tensors(v)]
+    if isinstance(out, dict):
+        return [t for k in sorted(out, key=str) for t in _tensors(out[k])]
+    return []
 
 
 __all__ = ["dead_channel_diff", "kill_channels"]

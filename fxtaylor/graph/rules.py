@@ -3,8 +3,10 @@
 Every rule has the same signature, ``rule(c: Call) -> Ann`` (or ``Multi`` for ops with several
 outputs): it reads the annotations of the op's inputs (``c.ann(i)``), records what the op ties
 or freezes in ``c.atoms``, and returns the annotation of the op's output. Rules never look at
-other nodes. Adding support for an op = writing (or reusing) a rule and adding a row to one of
-the tables at the bottom (:data:`MODULE_RULES`, :data:`FUNCTION_RULES`, :data:`METHOD_RULES`).
+other nodes. Adding support for an op = writing (or reusing) a rule and adding a row: for a
+function or a method to :data:`FUNCTION_RULES` / :data:`METHOD_RULES` at the bottom, for a module
+to the op-spec table :data:`fxtaylor.graph.ops.SPECS` (everything fxtaylor knows about a module
+type: rule, surgery, read dim, cost).
 
 """
 from __future__ import annotations
@@ -318,11 +320,21 @@ def _read(c: Call, role: str, kind: str, dim: int, size: int) -> torch.Tensor:
     return c.atoms.alias(c.name, role, kind, atoms, type(c.module).__name__)
 
 
+def conv_read_dim(m: nn.Module, x: torch.Tensor) -> int:
+    """The dim of its input a conv reads: 1, or 0 for an unbatched input."""
+    return 1 if x.dim() == len(m.kernel_size) + 2 else 0
+
+
+def linear_read_dim(m: nn.Module, x: torch.Tensor) -> int:
+    """A linear reads the last dim of its input."""
+    return x.dim() - 1
+
+
 def conv(c: Call) -> Ann:
     """Conv: consumes channels on dim 1, produces ``out_channels`` new ones. A grouped conv
     (depthwise included) ties input block k to output block k: whole groups go, or none."""
     m, typ = c.module, type(c.module).__name__
-    dim = 1 if c.args[0].dim() == len(m.kernel_size) + 2 else 0
+    dim = conv_read_dim(m, c.args[0])
     for f in c.ann(0):
         if dim not in f.dims:
             c.atoms.freeze(f.atoms, f"{c.name}: channels on a spatial dim")
@@ -340,7 +352,7 @@ def conv(c: Call) -> Ann:
 def linear(c: Call) -> Ann:
     """Linear: consumes the last dim, produces ``out_features``; other dims pass through."""
     m, typ = c.module, type(c.module).__name__
-    d = c.args[0].dim() - 1
+    d = linear_read_dim(m, c.args[0])
     _read(c, "in", CONSUMER, d, m.in_features)
     cout = c.atoms.space(c.name, "out", PRODUCER, m.out_features, typ).atoms
     return without(c.ann(0), d) + (Factor((d,), cout),)
@@ -361,7 +373,10 @@ def _norm_on(c: Call, dim: int, size: int) -> Ann:
 
 
 def batchnorm(c: Call) -> Ann:
-    return _norm_on(c, 1 if c.args[0].dim() > 1 else 0, c.module.num_features)
+    """Batch norm (and torchvision's FrozenBatchNorm2d, which has no ``num_features``)."""
+    m = c.module
+    size = m.num_features if hasattr(m, "num_features") else m.running_mean.numel()
+    return _norm_on(c, 1 if c.args[0].dim() > 1 else 0, size)
 
 
 def instancenorm(c: Call) -> Ann:
@@ -410,43 +425,7 @@ def no_channels(c: Call) -> Ann:
 
 
 # ---------------------------------------------------------------------------------------------
-# The tables. Module rows match by isinstance, most specific class first.
-
-_ACTIVATIONS = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
-)
-_POOLS = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
-)
-_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-
-MODULE_RULES: dict[type, Rule] = {
-    **{t: passthrough for t in _ACTIVATIONS + _POOLS + _DROPOUTS},
-    nn.Conv1d: conv,
-    nn.Conv2d: conv,
-    nn.Conv3d: conv,
-    nn.Linear: linear,
-    nn.Embedding: embedding,
-    nn.BatchNorm1d: batchnorm,
-    nn.BatchNorm2d: batchnorm,
-    nn.BatchNorm3d: batchnorm,
-    nn.SyncBatchNorm: batchnorm,
-    nn.LayerNorm: layernorm,
-    nn.PReLU: prelu,
-    nn.InstanceNorm1d: instancenorm,
-    nn.InstanceNorm2d: instancenorm,
-    nn.InstanceNorm3d: instancenorm,
-    nn.GroupNorm: frozen("GroupNorm needs channels divisible by num_groups"),
-    nn.LocalResponseNorm: frozen("LocalResponseNorm mixes neighbouring channels"),
-    nn.Flatten: shape_op,
-    nn.Unflatten: shape_op,
-    nn.ChannelShuffle: channel_shuffle,
-    nn.Softmax: along_dim,
-    nn.LogSoftmax: along_dim,
-}
+# The tables for functions and methods. Modules: see fxtaylor.graph.ops.SPECS.
 
 _SAME_SHAPE_FUNCS = (
     F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
@@ -524,48 +503,26 @@ METHOD_RULES: dict[str, Rule] = {
 }
 
 
-#: Modules whose input channels are read by a weight: their inputs are the feature maps.
-READERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
 # Ops whose output has the shape of their first input (or of the broadcast of their inputs):
 # on meta tensors propagate.py skips running them, as their meta kernels are slow Python.
-SAME_SHAPE_MODULES = _ACTIVATIONS + _DROPOUTS + (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.PReLU,
-)
+# (Modules: OpSpec.same_shape.)
 SAME_SHAPE_FUNCS = frozenset(_SAME_SHAPE_FUNCS)
 SAME_SHAPE_METHODS = frozenset(_SAME_SHAPE_METHODS)
 BROADCAST_FUNCS = frozenset(_TIE_FUNCS)
 BROADCAST_METHODS = frozenset(_TIE_METHODS)
 
 
-def _channelwise_parts(m: nn.Module) -> bool:
-    """Every submodule is an activation or dropout that treats channels alike."""
-    return all(isinstance(c, _ACTIVATIONS + _DROPOUTS) for c in m.children())
-
-
-#: Library subclasses of torch.nn modules that fx would trace into (they are not in torch.nn)
-#: but that are, channel for channel, the module they subclass: they are traced as leaves and
-#: get their base class's rule and surgery. Row: qualified class name → a check on the
-#: instance. timm's BatchNormAct2d is BatchNorm2d followed by a drop and an activation (only
-#: when those are channel-agnostic; a PReLU would have weights per channel); its Linear casts
-#: dtypes around F.linear.
-KNOWN_LEAVES: dict[str, Callable[[nn.Module], bool]] = {
-    "timm.layers.norm_act.BatchNormAct2d": _channelwise_parts,
-    "timm.layers.linear.Linear": lambda m: True,
-}
-
-
 def known_leaf(module: nn.Module) -> bool:
-    t = type(module)
-    check = KNOWN_LEAVES.get(f"{t.__module__}.{t.__qualname__}")
-    return check is not None and check(module)
+    """fxtaylor knows ``module`` (it has an op spec), so fx calls it as one node, not traced into
+    (a library subclass of a torch.nn layer such as timm's BatchNormAct2d or torchvision's
+    Conv3DSimple)."""
+    return ops.spec_of(module) is not None
 
 
 def lookup_module(module: nn.Module) -> Rule | None:
-    for t in type(module).__mro__:
-        if t in MODULE_RULES:
-            return MODULE_RULES[t]
-    return None
+    """The channel rule of a module, from its op spec (:func:`fxtaylor.graph.ops.spec_of`)."""
+    spec = ops.spec_of(module)
+    return spec.rule if spec is not None else None
 
 
 def lookup(node: fx.Node, module: nn.Module | None) -> Rule | None:
@@ -577,3 +534,6 @@ def lookup(node: fx.Node, module: nn.Module | None) -> Rule | None:
     if node.op == "call_method":
         return METHOD_RULES.get(node.target)
     return None
+
+
+from . import ops  # last: ops builds its table from the rules above

@@ -1,13 +1,16 @@
-"""Removing channels from modules: a table from module type to torch-pruning's prune functions.
+"""Removing channels from modules: the prune handlers the op specs (:mod:`.ops`) point to.
 
 fxtaylor decides *which* positions go (the channel graph); torch-pruning's per-layer functions
-do the tensor surgery. Each handler has one signature, ``handler(module, removed)``, where
-``removed`` maps a space role ('out', 'in', 'norm') to the sorted positions to delete.
+do the tensor surgery, and :func:`slice_channels` cuts modules torch-pruning has no function for
+(a module's per-channel parameters and buffers, named by its spec). Each handler has one
+signature, ``handler(module, removed)``, where ``removed`` maps a space role ('out', 'in',
+'norm') to the sorted positions to delete.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
+import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.pruner.function import ParameterPruner
@@ -15,7 +18,7 @@ from torch_pruning.pruner.function import ParameterPruner
 from ..errors import PruneError
 
 
-def _conv(m: nn.Conv2d, removed: dict[str, list[int]]) -> None:
+def conv(m: nn.Conv2d, removed: dict[str, list[int]]) -> None:
     out, inn = removed.get("out", []), removed.get("in", [])
     if m.groups == 1:
         if out:
@@ -35,7 +38,7 @@ def _conv(m: nn.Conv2d, removed: dict[str, list[int]]) -> None:
     m.groups -= gone
 
 
-def _linear(m: nn.Linear, removed: dict[str, list[int]]) -> None:
+def linear(m: nn.Linear, removed: dict[str, list[int]]) -> None:
     if removed.get("out"):
         tp.prune_linear_out_channels(m, removed["out"])
     if removed.get("in"):
@@ -49,33 +52,47 @@ def _norm(fn: Callable) -> Callable:
     return handler
 
 
-def _embedding(m: nn.Embedding, removed: dict[str, list[int]]) -> None:
+def embedding(m: nn.Embedding, removed: dict[str, list[int]]) -> None:
     tp.prune_embedding_out_channels(m, removed["out"])
 
 
-HANDLERS: dict[type, Callable[[nn.Module, dict[str, list[int]]], None]] = {
-    nn.Conv1d: _conv,
-    nn.Conv2d: _conv,
-    nn.Conv3d: _conv,
-    nn.Linear: _linear,
-    nn.Embedding: _embedding,
-    nn.BatchNorm1d: _norm(tp.prune_batchnorm_out_channels),
-    nn.BatchNorm2d: _norm(tp.prune_batchnorm_out_channels),
-    nn.BatchNorm3d: _norm(tp.prune_batchnorm_out_channels),
-    nn.SyncBatchNorm: _norm(tp.prune_batchnorm_out_channels),
-    nn.InstanceNorm1d: _norm(tp.prune_instancenorm_out_channels),
-    nn.InstanceNorm2d: _norm(tp.prune_instancenorm_out_channels),
-    nn.InstanceNorm3d: _norm(tp.prune_instancenorm_out_channels),
-    nn.PReLU: _norm(tp.prune_prelu_out_channels),
-}
+batchnorm = _norm(tp.prune_batchnorm_out_channels)
+instancenorm = _norm(tp.prune_instancenorm_out_channels)
+prelu = _norm(tp.prune_prelu_out_channels)
+
+
+def slice_channels(m: nn.Module, positions: Sequence[int], names: Sequence[str]) -> None:
+    """Delete ``positions`` along dim 0 of ``m``'s per-channel parameters and buffers ``names``
+    (gradients too), and keep a ``num_features`` attribute, if any, equal to the new size."""
+    gone, size = set(positions), None
+    for name in names:
+        t = getattr(m, name, None)
+        if t is None:
+            continue
+        keep = torch.tensor([i for i in range(t.shape[0]) if i not in gone], dtype=torch.long, device=t.device)
+        if isinstance(t, nn.Parameter):
+            new = nn.Parameter(t.data.index_select(0, keep), requires_grad=t.requires_grad)
+            if t.grad is not None:
+                new.grad = t.grad.index_select(0, keep)
+            setattr(m, name, new)
+        else:
+            setattr(m, name, t.index_select(0, keep))
+        size = int(keep.numel())
+    if size is not None and isinstance(getattr(m, "num_features", None), int):
+        m.num_features = size
 
 
 def prune_module(m: nn.Module, removed: dict[str, list[int]]) -> None:
-    for t in type(m).__mro__:
-        if t in HANDLERS:
-            HANDLERS[t](m, removed)
-            return
-    raise PruneError(f"no prune handler for {type(m).__name__}")
+    """Cut ``m`` by its op spec: its ``prune`` handler, else its ``channel_buffers``."""
+    from .ops import spec_of
+
+    spec = spec_of(m)
+    if spec is not None and spec.prune is not None:
+        spec.prune(m, removed)
+    elif spec is not None and spec.channel_buffers and len(removed) == 1:
+        slice_channels(m, next(iter(removed.values())), spec.channel_buffers)  # its one space
+    else:
+        raise PruneError(f"no prune handler for {type(m).__name__}")
 
 
 def prune_parameter(model: nn.Module, path: str, dim: int, idxs: list[int]) -> None:

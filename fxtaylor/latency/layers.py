@@ -2,11 +2,14 @@
 
 A layer is *modelled* when its cost follows its channel counts and it can be rebuilt alone:
 
-- ``conv``: ``nn.Conv1d/2d/3d`` — two counts (in, out). Depthwise (``groups == in_channels``)
+- ``conv``: ``nn.Conv1d/2d/3d`` and their subclasses that keep the base's forward (the op spec,
+  :func:`fxtaylor.graph.ops.spec_of`; rebuilt as the registered class, e.g. ``nn.Conv3d`` for
+  torchvision's ``Conv3DSimple``) — two counts (in, out). Depthwise (``groups == in_channels``)
   has one count (groups follow the channels, the channel multiplier is kept); other grouped
   convs keep their group count and scale the per-group width.
-- ``linear``: ``nn.Linear`` — two counts (in_features, out_features).
-- ``norm``, ``activation``, ``pool``: one count C, the size of the channel dim (dim 1; the last
+- ``linear``: ``nn.Linear`` (and subclasses with an op spec) — two counts (in_features, out_features).
+- ``norm`` (batch/instance/group/layer norm, torchvision's ``FrozenBatchNorm2d``),
+  ``activation``, ``pool``: one count C, the size of the channel dim (dim 1; the last
   dim for LayerNorm). Memory-bound: their time follows the number of elements.
 
 Its configuration — everything but the channel counts that the kernel choice depends on:
@@ -28,6 +31,9 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ..graph import ops
 
 ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
@@ -39,6 +45,7 @@ POOLS = (
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+FROZEN_NORMS = (FrozenBatchNorm2d,)
 INSTANCENORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
@@ -78,15 +85,18 @@ class LayerSpec:
         m = self.module
         c = cin
         if self.kind == "conv":
+            cls = ops.registered_type(m) or type(m)  # nn.Conv3d for torchvision's Conv3DSimple
             if _depthwise(m):
                 mult = m.out_channels // m.in_channels
-                new = type(m)(c, c * mult, m.kernel_size, m.stride, m.padding, m.dilation, groups=c,
+                new = cls(c, c * mult, m.kernel_size, m.stride, m.padding, m.dilation, groups=c,
                               bias=m.bias is not None, padding_mode=m.padding_mode)
             else:
-                new = type(m)(cin, cout, m.kernel_size, m.stride, m.padding, m.dilation, groups=m.groups,
+                new = cls(cin, cout, m.kernel_size, m.stride, m.padding, m.dilation, groups=m.groups,
                               bias=m.bias is not None, padding_mode=m.padding_mode)
         elif self.kind == "linear":
             new = nn.Linear(cin, cout, bias=m.bias is not None)
+        elif isinstance(m, FROZEN_NORMS):
+            new = FrozenBatchNorm2d(c, eps=m.eps)
         elif isinstance(m, BATCHNORMS):
             new = type(m)(c, eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats)
         elif isinstance(m, nn.GroupNorm):
@@ -164,9 +174,12 @@ def _spec(name: str, m: nn.Module, shape: tuple[int, ...], calls: int) -> LayerS
     if len(shape) < 2:
         return "input is not a tensor with a channel dim"
     base = {"type": type(m).__name__}
+    spec = ops.spec_of(m)
     if isinstance(m, nn.modules.conv._ConvNd):
         if m.transposed:
             return "transposed conv (not modelled)"
+        if spec is None:
+            return f"{type(m).__name__} overrides the conv's forward (not modelled)"
         cfg = {**base, "kernel": list(m.kernel_size), "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
                "dilation": list(m.dilation), "bias": m.bias is not None, "padding_mode": m.padding_mode}
         if _depthwise(m):
@@ -175,13 +188,13 @@ def _spec(name: str, m: nn.Module, shape: tuple[int, ...], calls: int) -> LayerS
             return LayerSpec(name, m, "conv", 1, m.in_channels, m.in_channels, 1, calls, _blank(shape, 1), 1, cfg)
         cfg["groups"] = m.groups
         return LayerSpec(name, m, "conv", 2, m.in_channels, m.out_channels, m.groups, calls, _blank(shape, 1), 1, cfg)
-    if isinstance(m, nn.Linear):
+    if isinstance(m, nn.Linear) and spec is not None:
         cfg = {**base, "bias": m.bias is not None}
         return LayerSpec(name, m, "linear", 2, m.in_features, m.out_features, 1, calls, _blank(shape, -1), len(shape) - 1, cfg)
-    if isinstance(m, BATCHNORMS + INSTANCENORMS + (nn.GroupNorm,)):
+    if isinstance(m, BATCHNORMS + INSTANCENORMS + FROZEN_NORMS + (nn.GroupNorm,)):
         c = shape[1]
         step = m.num_groups if isinstance(m, nn.GroupNorm) else 1
-        cfg = {**base, "affine": m.affine, "groups": step}
+        cfg = {**base, "affine": getattr(m, "affine", True), "groups": step}
         return LayerSpec(name, m, "norm", 1, c, c, step, calls, _blank(shape, 1), 1, cfg)
     if isinstance(m, nn.LayerNorm):
         if len(m.normalized_shape) != 1:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -105,13 +105,33 @@ def _has_4d(model: nn.Module) -> bool:
     return any(p.dim() == 4 for p in model.parameters())
 
 
-def batch_like(example: torch.Tensor, dep: Deployment) -> torch.Tensor:
+def batch_like(example: Any, dep: Deployment) -> Any:
     """Random input of ``example``'s per-sample shape at the deployment's batch size, dtype,
     device and memory format (channels_last applies to 4-D inputs only). Random values: dense
-    kernels take the same time whatever the numbers."""
+    kernels take the same time whatever the numbers.
+
+    A model whose input is not one batched tensor (a detection model's list of images, RAFT's
+    two frames — ``example`` a tuple of its arguments) is timed on ``example`` itself, moved to
+    the device and dtype: its batch is what the example holds."""
+    if not isinstance(example, torch.Tensor):
+        return _Args(_on(example, dep))
     x = torch.randn((dep.batch_size, *example.shape[1:]), device=dep.torch_device)
     x = x.to(dep.torch_dtype) if example.is_floating_point() else x.to(example.dtype)
     return x.contiguous(memory_format=dep.torch_memory_format) if x.dim() == 4 else x
+
+
+class _Args(tuple):
+    """Positional arguments of a forward pass, as opposed to one input tensor."""
+
+
+def _on(x: Any, dep: Deployment) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(dep.torch_device, dep.torch_dtype) if x.is_floating_point() else x.to(dep.torch_device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_on(v, dep) for v in x)
+    if isinstance(x, dict):
+        return {k: _on(v, dep) for k, v in x.items()}
+    return x
 
 
 def time_calls(
@@ -129,7 +149,8 @@ def time_calls(
     rounds = max(1, int(rounds))
     per_round = max(min_run_time, 0.0) / rounds
     timers = [
-        benchmark.Timer("m(x)", globals={"m": m, "x": x}, num_threads=dep.threads or torch.get_num_threads())
+        benchmark.Timer("m(*x)" if isinstance(x, _Args) else "m(x)", globals={"m": m, "x": x},
+                        num_threads=dep.threads or torch.get_num_threads())
         for m, x in calls
     ]
     blocks: list[list[float]] = [[] for _ in calls]  # seconds per run, one entry per block

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -22,8 +23,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .. import distributed, flops, models, optim, saving
-from ..errors import FxTaylorError
+from .. import distributed, files, flops, models, optim, saving
+from ..errors import FxTaylorError, describe
 from ..graph import trace
 from ..importance.base import GraphImportance
 from . import inputs, measure, state
@@ -53,6 +54,8 @@ def prune(
     cost: Any = None,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     train_step: Callable[[nn.Module, Any], Any] | None = None,
+    batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    example_inputs: Any = None,
     optimizer: torch.optim.Optimizer | None = None,
     flops_reg: float = DEFAULT_FLOPS_REG,
     normalize: str | None = "l2",
@@ -69,6 +72,7 @@ def prune(
     measure_fn: Callable | None = None,
     progress: bool = True,
     on_step: Callable[[dict], None] | None = None,
+    on_start: Callable[[], None] | None = None,
     **options: Any,
 ) -> PruneResult:
     """Prune ``model`` (fine-tuned on the task of ``train_loader``) to a target, fine-tuning all
@@ -94,7 +98,13 @@ def prune(
     (cross-entropy) is minimised with ``optimizer`` (the paper's SGD: lr 1e-4, momentum 0.9,
     wd 1e-4). ``train_step(model, batch) -> loss`` replaces that update entirely — your loss,
     AMP, gradient scaler, scheduler: it must do backward and the optimizer step itself; pass
-    its ``optimizer`` too so its state follows every cut.
+    its ``optimizer`` too so its state follows every cut. ``batch_loss(model, batch) -> loss``
+    computes a family's own loss (a detection model's loss dict summed, RAFT's sequence loss);
+    the update is the default one. ``example_inputs``: the model's arguments (a tuple), where a
+    batch's first item is not its input (a detection model's list of images) — what the model
+    is traced, counted and timed with (docs/usage.md, "Detection, segmentation, video and
+    optical flow"). A model returning ``(logits, aux_logits...)`` in train mode (GoogLeNet,
+    Inception-v3) gets cross-entropy on the logits + 0.3 × each auxiliary loss by default.
 
     Accuracy: ``val_loader`` (top-1) or ``evaluate(model) -> float``, every ``eval_every``
     steps; with ``min_accuracy`` a step whose pruned model falls below it is undone and the run
@@ -107,8 +117,18 @@ def prune(
     ``criterion``: ``"taylor"`` (the paper's), or a baseline (``"weight"``,
     ``"activation_mean"``, ``"activation_std"``, ``"random"``), or any factory
     ``f(model, example_inputs, normalize=, flops_reg=, graph=, cost=) -> GraphImportance``.
-    ``on_step(record)`` is called after each step's checkpoint. ``measure_fn(models) ->
+    ``on_step(record)`` is called after each step's checkpoint; ``on_start()`` once every check
+    has passed, right before the first training update (the command writes its run directory
+    there, so a run that fails its checks leaves nothing behind). ``measure_fn(models) ->
     [Timing]`` replaces latency measurement (testing).
+
+    Bad input fails before anything is modified, with one :class:`~fxtaylor.FxTaylorError`
+    (docs/usage.md, "Errors"): the settings; the loaders (re-iterable, not one-shot); the model
+    (materialised, on one device, finite); ``checkpoint_dir`` (writable; on resume, a checkpoint
+    of this model made with these settings); the first training batch run through the model in
+    eval mode without gradients (on the default classification path also: class scores out,
+    labels in range, at least two classes, a finite loss) and the validation loader's first
+    batch; tracing and reachability.
 
     Distributed (torchrun, docs/distributed.md): call ``prune`` on every rank with the same
     model (bare or in ``DistributedDataParallel``), settings and a loader with a
@@ -120,19 +140,32 @@ def prune(
     options.update(target_flops=target_flops, target_latency=target_latency)
     target, schedule = split_options(target, schedule, options)
     inputs.check(schedule, val_loader, evaluate, checkpoint_dir, resume)
+    if not isinstance(model, nn.Module):
+        raise FxTaylorError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(criterion, str) and criterion not in CRITERIA:
         raise FxTaylorError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)} or pass a GraphImportance factory")
     if not (isinstance(flops_reg, (int, float)) and flops_reg >= 0):
         raise FxTaylorError(f"flops_reg (λ) must be >= 0, got {flops_reg!r}")
-    if train_step is not None and loss_fn is not None:
-        raise FxTaylorError("give loss_fn or train_step, not both (train_step computes its own loss)")
+    given = [n for n, f in (("loss_fn", loss_fn), ("batch_loss", batch_loss), ("train_step", train_step)) if f is not None]
+    if len(given) > 1:
+        raise FxTaylorError(f"give one of loss_fn, batch_loss and train_step, not {' and '.join(given)} "
+                            "(batch_loss and train_step compute their own loss)")
+    if batch_loss is not None and not callable(batch_loss):
+        raise FxTaylorError(f"batch_loss must be a function (model, batch) -> loss, got {type(batch_loss).__name__}")
+    inputs.check_arguments(distributed.unwrap(model)[0], optimizer=optimizer, seed=seed, arch=arch, normalize=normalize,
+                           criterion=criterion, loss_fn=loss_fn, train_step=train_step, evaluate=evaluate, on_step=on_step,
+                           on_start=on_start, measure_fn=measure_fn)
+    inputs.reiterable(train_loader, "the training loader (train_loader)")
+    if val_loader is not None:
+        inputs.reiterable(val_loader, "val_loader")
+    inputs.check_model(distributed.unwrap(model)[0])
     from ..latency import Deployment
 
     if getattr(cost, "measured_here", True):
         deployment = (deployment or Deployment()).resolved(distributed.unwrap(model)[0])  # unrunnable settings fail here
     else:  # a latency table measured elsewhere carries its own deployment
         deployment = cost.deployment
-    ckpt = _read_checkpoint(checkpoint_dir) if resume else None
+    ckpt = _agree(lambda: _checkpoint_dir(checkpoint_dir, resume))
     if seed is not None:
         state.seed_everything(seed)
         if isinstance(getattr(train_loader, "generator", None), torch.Generator):
@@ -140,9 +173,84 @@ def prune(
     ddp = model if distributed.is_ddp(model) else None  # the user's wrapper: used until the first cut
     model, ddp_kwargs = distributed.unwrap(model)
     progress = progress and distributed.is_main()  # one set of bars, not one per rank
-    example = inputs.first_batch(train_loader, custom=train_step is not None)[0][:1].to(measure.device_of(model))
+    custom = train_step if train_step is not None else batch_loss
+    example, classes = _agree(lambda: _first_batch(model, train_loader, val_loader, loss_fn, custom, example_inputs))
     run = _Run(model, train_loader, example, locals())
     return run.execute(ckpt)
+
+
+def _agree(check: Callable[[], Any]) -> Any:
+    """``check()``'s value; under torch.distributed the ranks fail together (a rank that stopped
+    alone would leave the others waiting in the first collective forever)."""
+    error = None
+    try:
+        value = check()
+    except FxTaylorError as e:
+        error, value = e, None
+    if distributed.active():
+        messages = distributed.gather(None if error is None else str(error))
+        first = next((m for m in messages if m is not None), None)
+        if first is not None and error is None:
+            raise FxTaylorError(f"{first} (on rank {messages.index(first)})")
+    if error is not None:
+        raise error
+    return value
+
+
+def _checkpoint_dir(checkpoint_dir: str | os.PathLike | None, resume: bool) -> dict | None:
+    """The checkpoint directory can be written (by rank 0, the one that writes); on resume,
+    its checkpoint."""
+    if checkpoint_dir is not None and distributed.is_main():
+        files.check_writable_dir(checkpoint_dir, "checkpoint_dir")
+    return _read_checkpoint(checkpoint_dir) if resume else None
+
+
+def _first_batch(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None, loss_fn, train_step,
+                 example_inputs: Any = None) -> tuple:
+    """The example input (the first batch's first item, or ``example_inputs``) and, on the
+    default classification path, the classes every batch's labels are checked against; the
+    first batches of both loaders run through the model (:mod:`.inputs`). ``train_step``: the
+    user's step or batch loss, which read the batch themselves."""
+    if example_inputs is not None:
+        if train_step is None:
+            raise FxTaylorError("example_inputs is for models whose batches are not (inputs, labels) tensor pairs: "
+                                "give batch_loss or train_step with it")
+        example = _to(inputs.as_args(example_inputs), measure.device_of(model))
+        inputs.run(model, example, "example_inputs", star=True)
+        return example, None
+    x, y = inputs.first_batch(train_loader, custom=train_step is not None)
+    example = x[:1].to(measure.device_of(model))
+    if train_step is None:
+        classes = inputs.check_batch(model, x, y, loss_fn, train_loader, val_loader)
+    else:  # the step reads the batch: only the input the graph is traced with must run
+        classes = None
+        inputs.run(model, example, "the example input (the first item of the first batch)")
+    if val_loader is not None:
+        inputs.check_val(model, val_loader, classes)
+    return example, classes
+
+
+AUX_WEIGHT = 0.3  # GoogLeNet's (Szegedy et al. 2015) weight of each auxiliary classifier's loss
+
+
+def _with_aux(loss_fn: Callable, out: Any, y: torch.Tensor) -> torch.Tensor:
+    """The classification loss; a model with auxiliary heads (torchvision's GoogLeNet and
+    Inception-v3 return ``(logits, aux_logits...)`` named tuples in train mode) adds
+    ``AUX_WEIGHT`` × each auxiliary loss, so those heads train and are observed too."""
+    if isinstance(out, tuple) and "logits" in getattr(out, "_fields", ()):
+        aux = [getattr(out, f) for f in out._fields if f.startswith("aux") and getattr(out, f) is not None]
+        return loss_fn(out.logits, y) + AUX_WEIGHT * sum(loss_fn(a, y) for a in aux)
+    return loss_fn(out, y)
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
 
 
 def _read_checkpoint(ckpt_dir: str | os.PathLike) -> dict:
@@ -161,14 +269,17 @@ class _Run:
         self.schedule: Schedule = args["schedule"]
         self.deployment, self.cost = args["deployment"], args["cost"]
         self.loss_fn = args["loss_fn"] or nn.CrossEntropyLoss()
-        self.train_step = args["train_step"]
+        self.train_step, self.batch_loss = args["train_step"], args["batch_loss"]
         self.criterion, self.normalize, self.flops_reg = args["criterion"], args["normalize"], args["flops_reg"]
         self.val_loader, self.evaluate = args["val_loader"], args["evaluate"]
         self.user_arch, self.seed = args["arch"], args["seed"]
         self.ddp, self.ddp_kwargs = args["ddp"], args["ddp_kwargs"]
         self.opt = args["optimizer"]
         self.measure_latency, self.measure_fn = args["measure_latency"], args["measure_fn"]
-        self.progress, self.on_step = args["progress"], args["on_step"]
+        self.progress, self.on_step, self.on_start = args["progress"], args["on_step"], args["on_start"]
+        self.classes: inputs.Classes | None = args["classes"]  # what each batch's labels are checked against
+        self.base_shapes = saving.shapes_of(model)  # the model passed in, before any cut: a resume must get the same
+        self.resumed_at = None  # the run's time at the checkpoint it continues from
         self.has_ckpt_dir = args["checkpoint_dir"] is not None
         self.batches = state.Batches(loader)
         self.trace_kwargs = {
@@ -187,7 +298,7 @@ class _Run:
         self.original = copy.deepcopy(self.model) if (self.measure_latency or latency_target) else None
         self.layers_before = measure.out_channels(self.model)
         graph = self._restore_model(ckpt) if ckpt is not None else trace(self.model, self.example, **self.trace_kwargs)
-        reduction = getattr(self.loss_fn, "reduction", "mean") if self.train_step is None else "mean"
+        reduction = getattr(self.loss_fn, "reduction", "mean") if self.train_step is None and self.batch_loss is None else "mean"
         self.pruner = Pruner(
             self.model, self.example, target=self.target, schedule=self.schedule, deployment=self.deployment, cost=self.cost,
             criterion=self.criterion, normalize=self.normalize, flops_reg=self.flops_reg, optimizer=self.opt,
@@ -208,9 +319,15 @@ class _Run:
             self.history.append(self._record(0, 0, None, self.before["accuracy"]))
         else:
             self._restore_run(ckpt)
-        t_prune = time.perf_counter()
+        if self.ckpt_path is not None and distributed.is_main():
+            files.remove_leftovers(self.ckpt_path.parent)  # what a writer killed mid-write left
+        if self.on_start is not None:
+            self.on_start()
         result = self._loop()
-        self.timings = {"prune_s": time.perf_counter() - t_prune}
+        # over every part of a resumed run: from the first record (unpruned) to now
+        self.timings = {"prune_s": time.perf_counter() - self.t0 - self.history[0]["time_s"]}
+        if self.resumed_at is not None:
+            self.timings["resumed_at_s"] = self.resumed_at
         return self._finish(result)
 
     def _check_same_on_every_rank(self, graph) -> None:
@@ -221,12 +338,46 @@ class _Run:
         distributed.check_same("model architecture", distributed.architecture(self.model))
         distributed.check_same("pruning settings", settings)
 
+    def _settings(self) -> dict[str, Any]:
+        """What decides the run, as the checkpoint records it: a resume must pass the same."""
+        crit = self.criterion if isinstance(self.criterion, str) else getattr(self.criterion, "__name__", type(self.criterion).__name__)
+        out = {**{f"target_{k}" if k != "tolerance" else k: v for k, v in dataclasses.asdict(self.target).items()},
+               **dataclasses.asdict(self.schedule), "flops_reg": float(self.flops_reg), "normalize": self.normalize,
+               "criterion": crit, "seed": self.seed}
+        if self.target.resource == "latency":
+            out["deployment"] = self.deployment.as_dict()
+        return out
+
+    def _check_resumable(self, ckpt: dict) -> None:
+        """The checkpoint belongs to this model and these settings; checked before the model is
+        rebuilt from it (checkpoints written before these fields existed are not checked)."""
+        where = self.ckpt_path
+        base = ckpt.get("base_shapes")
+        if base is not None and base != self.base_shapes:
+            diff = sorted(set(base) ^ set(self.base_shapes)) or [k for k in base if base[k] != self.base_shapes[k]]
+            k = diff[0]
+            raise FxTaylorError(
+                f"{where} was made from another model ({len(diff)} tensors differ; first: {k}, checkpoint "
+                f"{base.get(k, 'absent')}, this model {self.base_shapes.get(k, 'absent')}): resume with the same unpruned model")
+        saved = ckpt.get("settings")
+        if saved is not None:
+            now = self._settings()
+            diff = [f"{k} (checkpoint: {saved.get(k)!r}, now: {now.get(k)!r})" for k in sorted(set(saved) | set(now))
+                    if saved.get(k) != now.get(k)]
+            if diff:
+                raise FxTaylorError(
+                    f"{where} was made with other settings; these differ: {', '.join(diff)}. A resume continues the run "
+                    "as it was started: pass the same settings, or start a new run in another checkpoint_dir")
+
     def _restore_model(self, ckpt: dict) -> Any:
         """Rebuild the checkpoint's architecture from the unpruned model passed in."""
         old_names = {id(p): n for n, p in self.model.named_parameters()}
         arch = ckpt["arch"]
-        if list(self.example.shape[1:]) != list(arch["input_shape"][1:]):
-            raise FxTaylorError(f"the checkpoint was made with inputs {arch['input_shape']}, the loader gives {list(self.example.shape)}")
+        now, then = models.shapes(self.example), arch["input_shape"]
+        one = isinstance(self.example, torch.Tensor)  # then the batch size may differ
+        if (now[1:] != then[1:]) if one else (now != then):
+            raise FxTaylorError(f"the checkpoint was made with inputs {then}, the loader gives {now}")
+        self._check_resumable(ckpt)
         graph = models.replay(self.model, arch["input_shape"], arch["trace"], arch["removed_units"])
         saving.load_state(self.model, ckpt["state_dict"], self.ckpt_path)
         opt = self.opt
@@ -242,7 +393,8 @@ class _Run:
     def _restore_run(self, ckpt: dict) -> None:
         self.imp.load_state_dict(ckpt["importance"])
         self.before, self.history = ckpt["before"], ckpt["history"]
-        self.t0 -= self.history[-1]["time_s"]
+        self.resumed_at = self.history[-1]["time_s"]
+        self.t0 -= self.resumed_at
         mine = ckpt.get("ranks", [{"rng": ckpt["rng"], "data": ckpt["data"]}])
         if len(mine) != distributed.world_size():
             raise FxTaylorError(f"the checkpoint was written by {len(mine)} process(es), this run has {distributed.world_size()}")
@@ -310,26 +462,72 @@ class _Run:
         ctx = self.imp.observe() if observe else contextlib.nullcontext()
         with ctx:
             for u in bar:
-                batch = self.batches.next()
+                at = f"step {step}, update {u + 1}"
+                try:
+                    batch = self.batches.next()
+                except Exception as e:  # a corrupt file mid-epoch, a loader that ran dry: one line, and where to resume
+                    raise FxTaylorError(f"the training loader failed at {at}: {describe(e)} ({self._where()})") from e
                 if self.train_step is not None:
                     loss = self.train_step(self.train_model, batch)
                     value = float(loss.detach().item() if isinstance(loss, torch.Tensor) else loss)
+                elif self.batch_loss is not None:
+                    loss, value = self._batch_loss(batch, at)
                 else:
-                    x, y = batch[:2]
-                    loss = self.loss_fn(self.train_model(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True))
-                    value = loss.detach().item()
+                    loss, value = self._default_update(batch, at)
                 if distributed.active():  # a rank must not stop alone: the others would wait for it forever
                     bad = torch.tensor([float(not math.isfinite(value))], dtype=torch.float64, device=self.device)
                     value = math.nan if distributed.all_reduce_(bad, "max").item() else value
                 if not math.isfinite(value):
-                    where = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path and self.ckpt_path.exists() else "no checkpoint was written"
-                    raise FxTaylorError(f"the loss became {value} at step {step}, update {u + 1}; stopped ({where})")
+                    raise FxTaylorError(f"the loss became {value} at {at}; stopped ({self._where()})")
                 if self.train_step is None:
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.opt.step()
+                    try:
+                        self.opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        self.opt.step()
+                    except Exception as e:
+                        raise FxTaylorError(f"the training update failed at {at}: {describe(e)} ({self._where()})") from e
                 total += value
         return total / n
+
+    def _default_update(self, batch: Any, at: str) -> tuple[torch.Tensor, float]:
+        """Forward and loss of the default step. Labels out of range are refused before the batch
+        reaches the model, whose batch-norm statistics it would otherwise update."""
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(b, torch.Tensor) for b in batch[:2])):
+            raise FxTaylorError(f"the training loader must yield (inputs, labels) tensor pairs; at {at} it gave "
+                                f"{inputs.describe(batch)} ({self._where()})")
+        x, y = batch[:2]
+        if self.classes is not None:
+            try:
+                self.classes.check(y, f"the batch of {at}")
+            except FxTaylorError as e:
+                raise FxTaylorError(f"{e} ({self._where()})") from None
+        try:
+            loss = _with_aux(self.loss_fn, self.train_model(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True))
+            return loss, loss.detach().item()
+        except FxTaylorError:
+            raise
+        except Exception as e:
+            raise FxTaylorError(f"the training step failed at {at} ({inputs.shape_of(x)}): {describe(e)} ({self._where()})") from e
+
+    def _batch_loss(self, batch: Any, at: str) -> tuple[torch.Tensor, float]:
+        """``batch_loss(model, batch)``: the family's own loss (a detection model's loss dict
+        summed, a segmentation model's ``out`` + aux, RAFT's sequence loss); the update is ours."""
+        try:
+            loss = self.batch_loss(self.train_model, batch)
+        except FxTaylorError:
+            raise
+        except Exception as e:
+            raise FxTaylorError(f"batch_loss failed at {at}: {describe(e)} ({self._where()})") from e
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad):
+            raise FxTaylorError(f"batch_loss must return the loss as a one-element tensor with a gradient; at {at} it "
+                                f"returned {inputs.describe(loss)}")
+        return loss, float(loss.detach().item())
+
+    def _where(self) -> str:
+        """Where a run that stopped mid-way can continue from."""
+        if self.ckpt_path is not None and self.ckpt_path.exists():
+            return f"the last good checkpoint is {self.ckpt_path}"
+        return "no checkpoint was written"
 
     @property
     def device(self) -> torch.device:
@@ -343,7 +541,10 @@ class _Run:
         if self.evaluate is not None:
             acc = float(self.evaluate(self.model))
         elif self.val_loader is not None:
-            acc = measure.accuracy(self.model, self.val_loader)
+            try:
+                acc = measure.accuracy(self.model, self.val_loader)
+            except Exception as e:  # a corrupt validation image mid-run: one line, and where to resume
+                raise FxTaylorError(f"evaluating on val_loader failed: {describe(e)} ({self._where()})") from e
         return distributed.broadcast(acc)
 
     def _record(self, step: int | str, removed: int, loss: float | None, acc: float | None, rejected: int = 0) -> dict[str, Any]:
@@ -358,7 +559,7 @@ class _Run:
 
     def arch(self) -> dict:
         return {
-            "kind": "pruned", "base": self.user_arch or {"kind": "custom"}, "input_shape": list(self.example.shape),
+            "kind": "pruned", "base": self.user_arch or {"kind": "custom"}, "input_shape": models.shapes(self.example),
             "trace": self.trace_kwargs, "removed_units": list(self.removed),
         }
 
@@ -376,6 +577,7 @@ class _Run:
             "pruner": self.pruner.state_dict(),
             "rng": ranks[0]["rng"], "data": ranks[0]["data"], "ranks": ranks,
             "before": self.before, "history": self.history,
+            "base_shapes": self.base_shapes, "settings": self._settings(),
         }, self.ckpt_path)
 
     def _finish(self, outcome: tuple[bool, str]) -> PruneResult:
@@ -392,8 +594,10 @@ class _Run:
         if self.original is not None:
             speedup = self._latency(after)
         if reached and self.target.resource == "flops":
-            tf = self.target.flops
-            reached = abs(after["flops"] / self.before["flops"] - tf) <= self.target.tolerance * tf
+            tf, tol, ratio = self.target.flops, self.target.tolerance, after["flops"] / self.before["flops"]
+            reached = abs(ratio - tf) <= tol * tf
+            if not reached:  # the reason must say so: a report never reads "target reached" and not reached
+                reason = f"stopped at {ratio:.2%} of the FLOPs, outside the target {tf:.0%} ± {tol:.0%} (target not reached)"
         layers_after = measure.out_channels(self.model)
         self.timings["total_s"] = time.perf_counter() - self.t0
         s = self.schedule
@@ -405,7 +609,7 @@ class _Run:
             "min_accuracy": s.min_accuracy, "seed": self.seed, "maps_per_prune": self.pruner.k,
             "criterion": self.criterion if isinstance(self.criterion, str) else getattr(self.criterion, "__name__", type(self.criterion).__name__),
             "model": models.base_name(self.arch()), "optimizer": type(self.opt).__name__ if self.opt is not None else None,
-            "input_shape": list(self.example.shape), "deployment": self.deployment.as_dict(), "cost_model": self.pruner.cost.describe(),
+            "input_shape": models.shapes(self.example), "deployment": self.deployment.as_dict(), "cost_model": self.pruner.cost.describe(),
             "rejected_cuts": self.pruner.rejected,
             "reachable": self.pruner.reachable,  # predicted share of the resource channel pruning can remove
         }

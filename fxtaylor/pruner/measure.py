@@ -8,6 +8,8 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
+from ..graph import ops
+
 
 def device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
@@ -36,14 +38,13 @@ def accuracy(model: nn.Module, loader: Iterable) -> float:
 
 
 def out_channels(model: nn.Module) -> dict[str, int]:
-    """Output channels of every conv and linear, in model order: the per-layer widths a run
-    reports before and after."""
+    """Output channels of every conv and linear (every module whose op spec has in and out
+    widths), in model order: the per-layer widths a run reports before and after."""
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            out[name] = m.out_channels
-        elif isinstance(m, nn.Linear):
-            out[name] = m.out_features
+        spec = ops.spec_of(m)
+        if spec is not None and spec.widths is not None:
+            out[name] = spec.widths(m)[1]
     return out
 
 

@@ -100,7 +100,8 @@ class Pruner:
         self.model, self.example, self.optimizer = model, example_inputs, optimizer
         self.trace_kwargs = {"ignored_layers": list(ignored_layers), "leaf_modules": list(leaf_modules)}
         graph = graph if graph is not None else trace(model, example_inputs, **self.trace_kwargs)
-        self._x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+        one = isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 1 and isinstance(example_inputs[0], torch.Tensor)
+        self._x = example_inputs[0] if one else example_inputs  # a tensor, or the model's arguments
         self._measure = measure_fn or self._measure_real
         self.progress = progress
         if cost is not None and cost.name != self.target.resource:

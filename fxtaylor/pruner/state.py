@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 import torch
 
+from ..errors import FxTaylorError
+
 try:
     import numpy as np
 except ImportError:  # numpy is optional for torch; only restore it when present
@@ -74,7 +76,9 @@ class Batches:
                 continue
             self.index += 1
             return batch
-        raise RuntimeError("the training loader became empty")  # checked non-empty up front
+        raise FxTaylorError(  # it was not empty up front (and not a one-shot iterator)
+            f"the training loader yielded no batches when read again (epoch {self.epoch}): it must yield its batches "
+            "every time it is iterated")
 
     def _start_epoch(self) -> None:
         sampler = getattr(self.loader, "sampler", None)
