@@ -23,6 +23,8 @@ import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 
+from .modes import in_eval
+
 
 _ZERO = [
     "aten::add", "aten::add_", "aten::sub", "aten::sub_", "aten::mul", "aten::mul_", "aten::div",
@@ -87,15 +89,10 @@ def count(model: nn.Module, example_inputs: Any) -> tuple[int, dict[str, int]]:
     """Total FLOPs of one forward pass and each module's own FLOPs (ops under it, not under a
     child), from a new fvcore analysis in eval mode on the model's device."""
     inputs = _inputs_on(model, example_inputs)
-    was_training = model.training
-    model.eval()
-    try:
-        with _quiet(), torch.no_grad():
-            fca = FlopCountAnalysis(model, inputs).set_op_handle(**HANDLES)
-            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-            by_module = dict(fca.by_module())
-    finally:
-        model.train(was_training)
+    with in_eval(model), _quiet(), torch.no_grad():
+        fca = FlopCountAnalysis(model, inputs).set_op_handle(**HANDLES)
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        by_module = dict(fca.by_module())
     own = dict(by_module)
     for name in by_module:
         if name:

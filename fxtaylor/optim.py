@@ -42,6 +42,7 @@ def prune_keeping_state(
     if optimizer is None:
         graph.prune(group, channels)
         return
+    graph.check_current()  # a stale graph fails here, before a gradient is dropped
     params = _touched(graph, group)
     real = {}
     for name, p in params.items():

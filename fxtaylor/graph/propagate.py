@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 
 from ..errors import TraceError
+from ..modes import in_eval
 from . import ops, rules
 from .atoms import PARAM, Ann, Atoms, Factor
 from .call import Call, Multi
@@ -328,19 +329,13 @@ def run(model: nn.Module, graph: fx.Graph, example_inputs: Any, opaque: set[str]
     the criterion observes are the train graph's (it observes training steps); the per-module
     channels that costs are counted by are the eval graph's (the deployed model)."""
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            prop = _run_one(model, graph, inputs, opaque, Atoms())
-            if train_graph is not None:
-                trained = _run_one(model, train_graph, inputs, opaque, prop.atoms)
-                prop.atoms, prop.reads = trained.atoms, trained.reads
-                for op, k in trained.unknown.items():
-                    prop.unknown[op] = max(prop.unknown.get(op, 0), k)
-    finally:
-        for m, t in modes:
-            m.training = t
+    with in_eval(model), torch.no_grad():
+        prop = _run_one(model, graph, inputs, opaque, Atoms())
+        if train_graph is not None:
+            trained = _run_one(model, train_graph, inputs, opaque, prop.atoms)
+            prop.atoms, prop.reads = trained.atoms, trained.reads
+            for op, k in trained.unknown.items():
+                prop.unknown[op] = max(prop.unknown.get(op, 0), k)
     if prop.unknown:
         ops = ", ".join(sorted(prop.unknown))
         warnings.warn(
@@ -366,9 +361,7 @@ def symbolic_trace_modes(model: nn.Module, leaves: tuple = ()) -> tuple[fx.Graph
     """fx graphs of ``model`` in eval and in train mode; the train one only where it differs
     (fx fixes ``if self.training`` at trace time). Raises :class:`TraceError` as
     :func:`symbolic_trace` when the eval graph cannot be traced."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
+    with in_eval(model):
         graph, opaque = symbolic_trace(model, leaves)
         if not _reads_training(model, graph):
             return graph, None, opaque
@@ -379,9 +372,6 @@ def symbolic_trace_modes(model: nn.Module, leaves: tuple = ()) -> tuple[fx.Graph
             warnings.warn(f"the model traces in eval mode but not in train mode ({e}); the channel graph "
                           "follows eval mode only: a pruned model may not run in train mode", stacklevel=3)
             train = None
-    finally:
-        for m, t in modes:
-            m.training = t
     if train is not None and _same(graph, train):
         train = None
     return graph, train, opaque

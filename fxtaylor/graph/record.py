@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import TraceError
+from ..modes import in_eval
 from .propagate import _Tracer, _user_line, preserved
 
 # Tensor attributes and methods that read metadata, never values: not recorded.
@@ -385,16 +386,15 @@ def record(model: nn.Module, example_inputs: Any, leaves: tuple) -> tuple[fx.Gra
     its placeholders, and what was traced. The model's train/eval flags are restored."""
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     rec = Recorder(model, leaves)
-    modes = [(m, m.training) for m in model.modules()]
     handles = []
     try:
-        model.eval()
         for m in model.modules():
             handles.append(m.register_forward_pre_hook(rec.pre_hook, with_kwargs=True))
             handles.append(m.register_forward_hook(rec.post_hook, with_kwargs=True))
         root_inputs = [rec._node(t) for t in _tensors(tuple(inputs))]  # the model's inputs come first
         del root_inputs
-        with torch.no_grad(), preserved(model), rec:  # a module caching what it computed keeps its old value
+        # eval mode; a module caching what it computed keeps its old value
+        with in_eval(model), torch.no_grad(), preserved(model), rec:
             try:
                 out = model(*inputs)
             except Exception as e:
@@ -407,6 +407,4 @@ def record(model: nn.Module, example_inputs: Any, leaves: tuple) -> tuple[fx.Gra
     finally:
         for h in handles:
             h.remove()
-        for m, t in modes:
-            m.training = t
     return rec.graph, tuple(t for _, t in rec.inputs), rec.partial

@@ -34,6 +34,7 @@ import torch.nn as nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..graph import ops
+from ..modes import in_eval
 
 ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
@@ -122,16 +123,12 @@ def find(model: nn.Module, x: torch.Tensor, names: set[str] | None) -> tuple[lis
     candidates = [n for n, m in modules.items() if (n in names if names is not None else not any(True for _ in m.children()))]
     for n in candidates:
         handles.append(modules[n].register_forward_pre_hook(_recorder(seen, n)))
-    was = [(m, m.training) for m in model.modules()]
-    model.eval()  # batch-norm statistics must not move
     try:
-        with torch.inference_mode():
+        with in_eval(model), torch.inference_mode():  # batch-norm statistics must not move
             model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, t in was:
-            m.training = t
     specs, skipped = [], {}
     for n in candidates:
         if n == "":

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import FxTaylorError, describe as describe_error
+from ..modes import in_eval
 from ..graph import selection
 
 
@@ -114,18 +115,13 @@ def run(model: nn.Module, x: Any, what: str, star: bool = False) -> Any:
     """``model(x)`` (``star``: ``model(*x)``) in eval mode without gradients — nothing about the
     model changes (every module's train/eval flag is restored) — or a one-line error naming the
     inputs."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        with torch.no_grad():
+        with in_eval(model), torch.no_grad():
             return model(*x) if star else model(x)
     except FxTaylorError:
         raise
     except Exception as e:
         raise FxTaylorError(f"the model cannot run on {what} ({shape_of(x)}): {describe_error(e)}") from e
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def shape_of(x: Any) -> str:

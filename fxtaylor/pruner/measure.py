@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..graph import ops
+from ..modes import in_eval
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -23,17 +24,12 @@ def params(model: nn.Module) -> int:
 def accuracy(model: nn.Module, loader: Iterable) -> float:
     """Top-1 accuracy over ``loader``'s (inputs, labels) batches, in eval mode."""
     device = device_of(model)
-    was = model.training
-    model.eval()
     right = total = 0
-    try:
-        with torch.no_grad():
-            for x, y, *_ in loader:
-                out = model(x.to(device, non_blocking=True))
-                right += int((out.argmax(1) == y.to(device)).sum())
-                total += int(y.numel())
-    finally:
-        model.train(was)
+    with in_eval(model), torch.no_grad():
+        for x, y, *_ in loader:
+            out = model(x.to(device, non_blocking=True))
+            right += int((out.argmax(1) == y.to(device)).sum())
+            total += int(y.numel())
     return right / total if total else float("nan")
 
 

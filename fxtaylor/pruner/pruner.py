@@ -36,6 +36,7 @@ from ..importance import (
     ActivationMeanImportance, ActivationStdImportance, RandomImportance, TaylorImportance, WeightImportance,
 )
 from ..importance.base import GraphImportance
+from . import inputs
 from .options import Schedule, Target, split_options
 from .select import Cut, cut, minimum, predict_after, select
 
@@ -99,7 +100,10 @@ class Pruner:
             self.deployment = (deployment or Deployment()).resolved(model)  # bad dtype/device: fails before anything
         self.model, self.example, self.optimizer = model, example_inputs, optimizer
         self.trace_kwargs = {"ignored_layers": list(ignored_layers), "leaf_modules": list(leaf_modules)}
-        graph = graph if graph is not None else trace(model, example_inputs, **self.trace_kwargs)
+        if graph is None:
+            # the model must run on the example (tracing checks shapes on meta tensors only)
+            inputs.run(model, inputs.as_args(example_inputs), "example_inputs", star=True)
+            graph = trace(model, example_inputs, **self.trace_kwargs)
         one = isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 1 and isinstance(example_inputs[0], torch.Tensor)
         self._x = example_inputs[0] if one else example_inputs  # a tensor, or the model's arguments
         self._measure = measure_fn or self._measure_real
