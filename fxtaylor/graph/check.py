@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
 from .atoms import NORM, PARAM, PRODUCER
 from .channel_graph import ChannelGroup, trace
@@ -71,13 +72,7 @@ def dead_channel_diff(model: nn.Module, example_inputs: Any, group_index: int, c
 def _tensors(out: Any) -> list[torch.Tensor]:
     """The tensors of a model's output (a tensor, or lists / tuples / dicts of them: detection
     models return a list of dicts of boxes, labels and scores; RAFT a list of flow fields)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _tensors(v)]
-    if isinstance(out, dict):
-        return [t for k in sorted(out, key=str) for t in _tensors(out[k])]
-    return []
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
 __all__ = ["dead_channel_diff", "kill_channels"]

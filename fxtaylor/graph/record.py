@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.utils._pytree as pytree
 from torch.overrides import TorchFunctionMode
 
 from ..errors import TraceError
@@ -105,30 +106,13 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
-    """Tensors inside lists, tuples and dicts, in a fixed order."""
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in _tensors(v)]
-    return []
+    """Tensors inside lists, tuples and dicts, in pytree order."""
+    return [t for t in pytree.tree_leaves(x) if isinstance(t, torch.Tensor)]
 
 
 def _rebuild(x: Any, it) -> Any:
     """``x`` with every tensor replaced by the next item of ``it`` (same order as :func:`_tensors`)."""
-    if isinstance(x, torch.Tensor):
-        return next(it)
-    if isinstance(x, tuple) and hasattr(x, "_fields"):
-        return type(x)(*(_rebuild(v, it) for v in x))
-    if isinstance(x, (list, tuple)):
-        return type(x)(_rebuild(v, it) for v in x)
-    if isinstance(x, dict):
-        out = type(x)() if type(x) is not dict else {}
-        for k, v in x.items():
-            out[k] = _rebuild(v, it)
-        return out
-    return x
+    return pytree.tree_map(lambda t: next(it) if isinstance(t, torch.Tensor) else t, x)
 
 
 _PLAIN = (int, float, bool, str, type(None), torch.Size, torch.dtype, torch.device, slice, type(Ellipsis))
@@ -204,15 +188,8 @@ class Recorder(TorchFunctionMode):
         return None
 
     def _arg(self, x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            return self._node(x)
-        if isinstance(x, tuple) and hasattr(x, "_fields"):
-            return type(x)(*(self._arg(v) for v in x))
-        if isinstance(x, (list, tuple)):
-            return type(x)(self._arg(v) for v in x)
-        if isinstance(x, dict):
-            return {k: self._arg(v) for k, v in x.items()}
-        return x
+        """``x`` with its tensors replaced by the nodes standing for them."""
+        return pytree.tree_map(lambda t: self._node(t) if isinstance(t, torch.Tensor) else t, x)
 
     def _known(self, x: Any) -> bool:
         return any(id(t) in self.node_of for t in _tensors(x))
@@ -357,13 +334,7 @@ class Recorder(TorchFunctionMode):
 
     def _arg_known(self, x: Any) -> Any:
         """The model's output, tensors mapped to nodes; tensors no node made are left out."""
-        if isinstance(x, torch.Tensor):
-            return self.node_of.get(id(x))
-        if isinstance(x, (list, tuple)):
-            return [self._arg_known(v) for v in x]
-        if isinstance(x, dict):
-            return {k: self._arg_known(v) for k, v in x.items()}
-        return None
+        return pytree.tree_map(lambda t: self.node_of.get(id(t)) if isinstance(t, torch.Tensor) else None, x)
 
 
 def _signature(x: Any) -> Any:

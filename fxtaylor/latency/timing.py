@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 from torch.utils import benchmark
 
 from .deployment import Deployment
@@ -125,13 +126,12 @@ class _Args(tuple):
 
 
 def _on(x: Any, dep: Deployment) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(dep.torch_device, dep.torch_dtype) if x.is_floating_point() else x.to(dep.torch_device)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_on(v, dep) for v in x)
-    if isinstance(x, dict):
-        return {k: _on(v, dep) for k, v in x.items()}
-    return x
+    """``x``'s tensors on the deployment's device; floating ones in its dtype."""
+    def move(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        return t.to(dep.torch_device, dep.torch_dtype) if t.is_floating_point() else t.to(dep.torch_device)
+    return pytree.tree_map(move, x)
 
 
 def time_calls(

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 from tqdm.auto import tqdm
 
 from .. import distributed, files, flops, models, optim, saving
@@ -244,13 +245,7 @@ def _with_aux(loss_fn: Callable, out: Any, y: torch.Tensor) -> torch.Tensor:
 
 
 def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to(v, device) for v in x)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x
+    return pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, x)
 
 
 def _read_checkpoint(ckpt_dir: str | os.PathLike) -> dict:
