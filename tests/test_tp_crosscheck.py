@@ -52,7 +52,9 @@ BIG = 200_000_000  # parameters; above this, float32 (ViT-L/H, RegNet-Y-128GF: m
 def _model(name: str, dtype=None):
     """Random weights, non-trivial norm statistics, eval mode, float64 unless the model is
     BIG (the dead-channel tests then resolve effects far below float32 noise: ``tp_compare.TOL``)."""
-    kw = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}  # silences a warning
+    # aux heads off: they run in train mode only, which fxtaylor's graph joins (tests/test_partial.py)
+    # and torch-pruning's, built from an eval-mode forward, does not: like is compared with like
+    kw = {"init_weights": True, "aux_logits": False} if name in ("googlenet", "inception_v3") else {}
     model = tc.randomize_norms(torchvision.models.get_model(name, weights=None, **kw))
     if dtype is None:
         dtype = torch.float32 if sum(p.numel() for p in model.parameters()) > BIG else torch.float64
