@@ -220,7 +220,8 @@ class Recorder(TorchFunctionMode):
             node = self.graph.call_function(_RDUNDER[name], self._arg((args[1], args[0])), self._arg(kwargs))
         elif name in _DUNDER:
             node = self.graph.call_function(_DUNDER[name], self._arg(tuple(args)), self._arg(kwargs))
-        elif owner is torch._C.TensorBase or owner is torch.Tensor or (name and hasattr(torch.Tensor, name) and not hasattr(torch, name)):
+        elif owner in (torch._C.TensorBase, torch.Tensor) or getattr(func, "__qualname__", "").split(".")[0] in ("Tensor", "TensorBase"):
+            # a Tensor method (C or Python); F.unfold is a function though Tensor.unfold exists
             node = self.graph.call_method(name, self._arg(tuple(args)), self._arg(kwargs))
         else:
             node = self.graph.call_function(func, self._arg(tuple(args)), self._arg(kwargs))
