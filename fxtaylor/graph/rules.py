@@ -380,9 +380,7 @@ def batchnorm(c: Call) -> Ann:
 
 
 def instancenorm(c: Call) -> Ann:
-    m = c.module
-    if not (m.affine or m.track_running_stats):
-        return passthrough(c)
+    m = c.module  # affine or not: num_features must follow the channels (torch warns otherwise)
     unbatched = c.args[0].dim() == m._get_no_batch_dim()
     return _norm_on(c, 0 if unbatched else 1, m.num_features)
 
