@@ -201,3 +201,26 @@ def test_detection_model_traced_in_parts_with_backbone_fpn_and_heads_prunable_de
         assert g is not None and g.prunable, g
         diff, same = dead_channel_diff(model, x, g.index, [0, 2], relative=True)
         assert same and diff <= 1e-4, (g, diff)
+
+
+def test_a_glue_op_named_like_metadata_but_giving_a_tensor_is_followed():
+    """``x.type(dtype)`` returns a tensor: it is an op (followed or frozen), never skipped like a
+    shape query — skipping it would hide the head's read of the stem's channels."""
+
+    class Cast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.head = block(3, 8), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            if float(x.sum()) > 1e9:
+                return x
+            return self.head(self.stem(x).type(torch.float32))
+
+    model = randomize_norms(Cast())
+    graph = fxtaylor.trace(model, torch.randn(1, 3, 8, 8))
+    g = graph.group_of("stem.0")
+    assert "head" in {m.name for m in g.members} or g.frozen, g
+    for group in graph.prunable_groups:
+        graph.prune(group, [0])
+    assert model(torch.randn(1, 3, 8, 8)).shape == (1, 2, 8, 8)

@@ -211,9 +211,8 @@ class Recorder(TorchFunctionMode):
         if self.paused or self.depth or not self._known((args, kwargs)):
             return out
         name = getattr(func, "__name__", "")
-        if name == "__get__" or name in _METADATA or name == "__set__":
-            if name != "__get__" or not isinstance(out, torch.Tensor):
-                return out  # shape, dtype, device... (a tensor-valued attribute like .T is an op)
+        if (name == "__get__" or name in _METADATA) and not _tensors(out):
+            return out  # shape, dtype, device...: no values read (x.type(dtype) or .T give tensors: ops)
         where = self._where()
         owner = getattr(func, "__objclass__", None) or getattr(getattr(func, "__self__", None), "__class__", None)
         if name in _RDUNDER:
@@ -363,8 +362,8 @@ def record(model: nn.Module, example_inputs: Any, leaves: tuple) -> tuple[fx.Gra
         for m in model.modules():
             handles.append(m.register_forward_pre_hook(rec.pre_hook, with_kwargs=True))
             handles.append(m.register_forward_hook(rec.post_hook, with_kwargs=True))
-        root_inputs = [rec._node(t) for t in _tensors(tuple(inputs))]  # the model's inputs come first
-        del root_inputs
+        for t in _tensors(tuple(inputs)):  # the model's inputs are the first placeholders
+            rec._node(t)
         # eval mode; a module caching what it computed keeps its old value
         with in_eval(model), torch.no_grad(), preserved(model), rec:
             try:
