@@ -170,22 +170,13 @@ class Recorder(TorchFunctionMode):
     def _node(self, t: torch.Tensor) -> fx.Node:
         """The node standing for ``t``; an unknown tensor becomes a placeholder holding its value."""
         n = self.node_of.get(id(t))
-        if n is None:
-            first = self._first_non_input()
-            if first is None:
+        if n is None:  # placeholders stay first, in the order of self.inputs (the run's arguments)
+            last = self.inputs[-1][0] if self.inputs else None
+            with self.graph.inserting_after(last) if last is not None else self.graph.inserting_before(None):
                 n = self.graph.placeholder(f"input_{len(self.inputs)}")
-            else:
-                with self.graph.inserting_before(first):
-                    n = self.graph.placeholder(f"input_{len(self.inputs)}")
             self.inputs.append((n, t))
             self._bind(t, n)
         return n
-
-    def _first_non_input(self) -> fx.Node | None:
-        for n in self.graph.nodes:
-            if n.op != "placeholder":
-                return n
-        return None
 
     def _arg(self, x: Any) -> Any:
         """``x`` with its tensors replaced by the nodes standing for them."""
