@@ -340,3 +340,26 @@ def test_swapaxes_is_followed_like_transpose():
     graph = fxtaylor.trace(model, X)
     assert graph.group_of("a").prunable and graph.group_of("fc1").prunable
     assert_dead_equivalent(model, X)
+
+
+class L2Norm(nn.Module):
+    """SSD300's conv4_3: an L2 norm over the channels, then a learned per-channel scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.scale = nn.Parameter(torch.rand(8) + 0.5)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.scale.view(1, -1, 1, 1) * nn.functional.normalize(self.a(x), dim=1))
+
+
+def test_l2_normalisation_over_channels_keeps_them_prunable_and_exact():
+    """A dead channel adds nothing to the L2 norm: the group (with the free scale) is prunable
+    and passes the dead-channel test; a wrong rule (one ignoring the scale) would fail it."""
+    torch.manual_seed(0)
+    model = randomize_norms(L2Norm())
+    graph = assert_dead_equivalent(model, torch.randn(2, 3, 8, 8))
+    g = graph.group_of("a.0")
+    assert g.prunable and "scale" in {m.name for m in g.members}

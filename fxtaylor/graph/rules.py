@@ -466,6 +466,9 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     F.softmax: along_dim,
     F.log_softmax: along_dim,
     F.layer_norm: layernorm,
+    # An L2 (any p-norm) normalisation: a dead channel adds 0 to the norm, so removing it leaves
+    # the others unchanged (unlike layer norm, whose mean it would shift): channels pass.
+    F.normalize: passthrough,
     F.pad: pad,
     F.channel_shuffle: channel_shuffle,
     getattr: no_channels,
