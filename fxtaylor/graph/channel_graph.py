@@ -382,19 +382,17 @@ def trace(
     # one resolution for trace() and prune(): containers expanded, leaf types by isinstance
     ignored, leaf_names = selection.resolve(model, ignored_layers, leaf_modules)
     leaves = tuple(sorted(leaf_names))  # the tracer matches leaves by name
+    partial = None
     try:
         fx_graph, train_graph, opaque = propagate.symbolic_trace_modes(model, leaves)
     except TraceError as whole:
-        fx_graph, values, partial = record.record(model, example_inputs, leaves)
+        fx_graph, example_inputs, partial = record.record(model, example_inputs, leaves)
         if not partial.traced and not any(n.op == "call_module" for n in fx_graph.nodes):
             raise whole
-        opaque = {n.target for n in fx_graph.nodes if n.op == "call_module"
-                  and propagate._Tracer(leaves).is_user_leaf(model.get_submodule(n.target), n.target)}
-        prop = propagate.run(model, fx_graph, values, opaque)
-        graph = ChannelGraph(model, fx_graph, prop, ignored, opaque)
-        graph.partial = partial
-        return graph
+        train_graph = None  # recorded in eval mode only
+        opaque = {n.target for n in fx_graph.nodes if n.op == "call_module" and n.target in leaf_names}
     prop = propagate.run(model, fx_graph, example_inputs, opaque, train_graph)
     graph = ChannelGraph(model, fx_graph, prop, ignored, opaque)
+    graph.partial = partial
     graph.modes = ("eval", "train") if train_graph is not None else ("eval",)
     return graph

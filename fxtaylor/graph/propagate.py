@@ -296,7 +296,7 @@ def _mutable(x: Any) -> Any:
         return [_mutable(v) for v in x]
     if isinstance(x, immutable_dict):
         return {k: _mutable(v) for k, v in x.items()}
-    if type(x) is tuple:
+    if type(x) is tuple and any(isinstance(v, (list, dict, tuple)) for v in x):  # most args: tensors, ints
         return tuple(_mutable(v) for v in x)
     return x
 
