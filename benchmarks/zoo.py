@@ -5,7 +5,8 @@ fxtaylor with the Taylor criterion, torch-pruning with GroupMagnitudeImportance(
     python benchmarks/zoo.py --doc docs/zoo.md            # the 80 classification models
     python benchmarks/zoo.py --family detection segmentation video optical_flow --doc docs/zoo.md
     python benchmarks/zoo.py --all --doc docs/zoo.md      # all 109 torchvision models
-    python benchmarks/zoo.py --timm --doc docs/zoo-timm.md  # timm's list (needs `pip install timm`)
+    python benchmarks/zoo.py --timm --doc docs/zoo.md     # one model per timm module (needs `pip install timm`)
+    python benchmarks/zoo.py --select-timm               # rewrite that list: benchmarks/timm_models.json
     python benchmarks/zoo.py --models NAME ... [--size N] [--tools fxtaylor tp]
 
 What differs between families (the model, its example inputs, its training loss, the output
@@ -46,8 +47,15 @@ from sections import replace_section
 TARGET = 0.7
 BUDGET_MIB = 4096  # memory beyond the built model, to trace and prune
 ROOT = Path(__file__).resolve().parents[1]
-TIMM = ["resnet50d", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "regnety_008", "rexnet_100",
-        "cspresnet50", "dla34", "hrnet_w18_small"]
+TIMM_MODELS = ROOT / "benchmarks" / "timm_models.json"  # the timm selection (``--select-timm`` writes it)
+
+
+def timm_selection(path: Path = TIMM_MODELS) -> dict:
+    """The checked-in timm selection: module -> {model, params, cnn, size, img_size, ...}."""
+    return json.loads(path.read_text())["modules"] if path.exists() else {}
+
+
+TIMM = [e["model"] for e in timm_selection().values()]  # one model per timm module (``--timm``)
 
 
 # -- what differs between families: the model, its inputs, its training loss, its heads ---------
@@ -145,16 +153,132 @@ def _flow_loss(model, args, ref, gamma: float = 0.8):
     return sum(gamma ** (len(preds) - 1 - i) * (p - target).abs().mean() for i, p in enumerate(preds))
 
 
+def _timm_entry(name: str) -> dict:
+    """The selection's entry of a timm model (``timm/<name>``), or {} if it is not selected."""
+    name = name[len("timm/"):] if name.startswith("timm/") else name
+    return next((e for e in timm_selection().values() if e["model"] == name), {})
+
+
 def _build_classification(name: str, size: int):
     import torchvision
 
     if name.startswith("timm/"):
         import timm
 
-        return timm.create_model(name[len("timm/"):], pretrained=False)
+        # fixed-size transformers: img_size where the selection found the default size fails
+        kw = {"img_size": size} if _timm_entry(name).get("img_size") else {}
+        return timm.create_model(name[len("timm/"):], pretrained=False, **kw)
     # aux heads on: they run in train mode only (the pruned model must run in both, _train_mode)
     kw = {"aux_logits": True, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
     return torchvision.models.get_model(name, weights=None, **kw)
+
+
+# -- the timm selection: one model per timm architecture module ------------------------------
+
+
+CNN_SHARE = 0.5  # a model is a CNN if nn.Conv2d layers do at least this share of its FLOPs
+
+
+def _meta_profile(model, size: int) -> dict:
+    """One forward pass of ``model`` (built on the meta device: no memory, no arithmetic) on a
+    1x3x``size``x``size`` input: its total FLOPs (``torch.utils.flop_counter``: convolutions,
+    matmuls, attention) and the share done by ``nn.Conv2d`` modules (subclasses included: timm's
+    ``Conv2dSame``, ``StdConv2d``)."""
+    import torch
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = [0]
+
+    def hook(m, a, out):
+        k = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]  # in/groups x kh x kw
+        conv[0] += 2 * out.numel() * k
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    model.requires_grad_(False)  # no_grad with parameters that want grads trips the flop counter's module tracker
+    try:
+        with FlopCounterMode(display=False) as fc:
+            model.eval()(torch.empty(1, 3, size, size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    total = fc.get_total_flops()
+    return {"gflops": round(total / 1e9, 3), "conv2d_share": round(min(conv[0] / total, 1.0), 3) if total else 0.0}
+
+
+def _meta_build(name: str, **kw):
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        return timm.create_model(name, pretrained=False, **kw)
+
+
+def _err_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"
+
+
+def select_timm(modules: list[str] | None = None, log=print) -> dict:
+    """One model per timm architecture module (``timm.list_modules()``): the smallest by parameter
+    count among ``timm.list_models(module=M)`` (built on the meta device; timm's ``test_*``
+    models, tiny unit-test configs, are left out; names that fail to build are listed under
+    ``skipped``). For the chosen model: the input size (224 if a meta forward pass at 224 works,
+    else 224 through ``img_size=224`` where the model takes that argument, else its default
+    size), its FLOPs at that size, and whether it is a CNN: ``nn.Conv2d`` does at least
+    ``CNN_SHARE`` of its FLOPs (FLOPs of the meta forward pass, ``torch.utils.flop_counter``)."""
+    import timm
+
+    out = {}
+    for mod in modules or timm.list_modules():
+        names = [n for n in timm.list_models(module=mod) if not n.startswith("test_")]
+        params, skipped = {}, {}
+        for n in names:
+            try:
+                params[n] = sum(p.numel() for p in _meta_build(n).parameters())
+            except Exception as e:  # noqa: BLE001 - a name that does not build is reported
+                skipped[n] = _err_line(e)
+        if not params:
+            out[mod] = {"model": None, "models": len(names), "skipped": skipped}
+            log(f"{mod}: nothing builds ({len(skipped)} skipped)")
+            continue
+        best = min(params, key=lambda n: (params[n], n))
+        model = _meta_build(best)
+        default = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        entry = {"model": best, "params": params[best], "models": len(names), "default_size": default}
+        tries = [(224, False)] + ([(224, True), (default, False)] if default != 224 else [])
+        errors = []
+        for size, img_size in tries:
+            try:
+                prof = _meta_profile(_meta_build(best, img_size=size) if img_size else model, size)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"{size}{' (img_size)' if img_size else ''}: {_err_line(e)}")
+                continue
+            entry.update(size=size, img_size=img_size, **prof, cnn=prof["conv2d_share"] >= CNN_SHARE)
+            break
+        else:
+            entry.update(size=default, img_size=False, cnn=None)
+        if errors:
+            entry["meta_forward"] = errors
+        if skipped:
+            entry["skipped"] = skipped
+        out[mod] = entry
+        log(f"{mod}: {best} {params[best] / 1e6:.2f} M, {entry['size']} px, conv2d share {entry.get('conv2d_share')}"
+            f"{f', {len(skipped)} skipped' if skipped else ''}")
+    return out
+
+
+def write_timm_selection(path: Path = TIMM_MODELS, log=print) -> dict:
+    import timm
+    import torch
+
+    modules = select_timm(log=log)
+    path.write_text(json.dumps({
+        "timm": timm.__version__, "torch": torch.__version__.split("+")[0],
+        "criterion": f"per timm module, the model with the fewest parameters (test_* models left out); "
+                     f"cnn: nn.Conv2d does >= {CNN_SHARE:.0%} of the FLOPs of a forward pass at 'size' "
+                     f"(meta device, torch.utils.flop_counter)",
+        "modules": modules}, indent=1) + "\n")
+    return modules
 
 
 def _build_detection(name: str, size: int):
@@ -323,18 +447,52 @@ def frozen_summary(groups, output: str = "classifier output") -> str:
     in the glue code of a partially traced model: 'split in untraced rpn'."""
     import re
 
+    kinds = collections.Counter(_frozen_label(g.frozen[0], output) for g in groups if g.frozen)
+    return ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+
+
+def _frozen_label(reason: str, output: str = "classifier output", width: int = 40) -> str:
+    """The kind of a group's (first) frozen reason, as ``frozen_summary`` names it."""
+    import re
+
+    glue = re.search(r"(\w+) in (\S+) \(not traced", reason)
+    label = f"{glue[1]} in untraced {glue[2]}" if glue else next((lab for key, lab in _FROZEN_LABELS if key in reason), None)
+    label = output if label == "classifier output" else label
+    if label is None:
+        label = "no rule for " + reason.split("no channel rule for ")[1].split(";")[0] if "no channel rule for" in reason else reason[:width]
+    return label
+
+
+def frozen_reasons(groups, model=None, output: str = "classifier output") -> dict[str, int]:
+    """Frozen groups by the op or layer that froze them and the kind of reason, from each group's
+    first reason: {'LayerNorm: layer norm over channels': 4, 'add: added to a frozen tensor': 3,
+    'output: classifier output': 1}. A module is named by its class (``model``), a function or
+    method by its name; an op without a rule: 'X: no channel rule'."""
+    import re
+
     kinds = collections.Counter()
     for g in groups:
         if not g.frozen:
             continue
         reason = g.frozen[0]
-        glue = re.search(r"(\w+) in (\S+) \(not traced", reason)
-        label = f"{glue[1]} in untraced {glue[2]}" if glue else next((lab for key, lab in _FROZEN_LABELS if key in reason), None)
-        label = output if label == "classifier output" else label
-        if label is None:
-            label = "no rule for " + reason.split("no channel rule for ")[1].split(";")[0] if "no channel rule for" in reason else reason[:40]
-        kinds[label] += 1
-    return ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+        if reason.startswith("reaches the model output"):
+            op, kind = "output", _frozen_label(reason, output)
+        elif m := re.match(r"no channel rule for (\S+)( in \S+ \(not traced)?", reason):
+            op, kind = m[1], "no channel rule" + (" (untraced code)" if m[2] else "")
+        elif m := re.match(r"opaque leaf module \S+ \((\w+)\)", reason):
+            op, kind = m[1], "opaque leaf module"
+        else:
+            head, what = reason.split(": ", 1) if ": " in reason else ("?", reason)
+            if " (not traced" in head:  # an op of the glue code of a partially traced model
+                op, kind = head.split(" in ")[0], _frozen_label(what, output, 80) + " (untraced code)"
+            else:
+                op, kind = head, _frozen_label(what, output, 80)
+                try:
+                    op = type(model.get_submodule(op)).__name__ if model is not None and op != "?" else op
+                except AttributeError:  # a function or method, named as it is
+                    pass
+        kinds[f"{op}: {kind}"] += 1
+    return dict(kinds.most_common())
 
 
 # -- the checks both tools get ---------------------------------------------------------------
@@ -498,7 +656,7 @@ def fxtaylor_row(name: str, size: int | None = None, batches: int = 2, batch_siz
 
     sys.path.insert(0, str(ROOT / "tests"))
     fam = family or family_of(name)
-    size = size or fam.size
+    size = size or _timm_entry(name).get("size") or fam.size
     torch.manual_seed(seed)
     mem = Memory()
     t0 = time.perf_counter()
@@ -514,7 +672,8 @@ def fxtaylor_row(name: str, size: int | None = None, batches: int = 2, batch_siz
     row = {"family": fam.name, "input": _shapes(x), "groups": len(groups), "prunable_groups": len(prunable),
            "prunable_channels": sum(g.num_prunable for g in prunable),
            "frozen_groups": sum(1 for g in groups if g.frozen),
-           "frozen": frozen_summary(groups, "classifier output" if fam.name in ("classification", "video") else "model output")}
+           "frozen": frozen_summary(groups, "classifier output" if fam.name in ("classification", "video") else "model output"),
+           "frozen_reasons": frozen_reasons(groups, model, "classifier output" if fam.name in ("classification", "video") else "model output")}
     partial = getattr(imp.graph, "partial", None)
     if partial is not None:
         row["untraced"] = sorted(p or "<root>" for p in partial.untraced)
@@ -576,7 +735,7 @@ def tp_row(name: str, size: int | None = None, seed: int = 0, max_steps: int = 5
 
     sys.path.insert(0, str(ROOT / "tests"))
     fam = family or family_of(name)
-    size = size or fam.size
+    size = size or _timm_entry(name).get("size") or fam.size
     torch.manual_seed(seed)
     mem = Memory()
     t0 = time.perf_counter()
@@ -774,12 +933,109 @@ def _section(doc: Path, family: str, rows: dict, names: list[str]) -> None:
                     title="# The model zoo, pruned end to end")
 
 
+def timm_names(selection: dict | None = None) -> list[str]:
+    """The rows of ``--timm``: ``timm/<model>`` of each selected module (modules in order)."""
+    selection = timm_selection() if selection is None else selection
+    return ["timm/" + e["model"] for _, e in sorted(selection.items()) if e.get("model")]
+
+
+def _reached(row: dict | None) -> str | None:
+    """None if the row reached the FLOPs target (status pass: within 1 % of 0.7, output intact,
+    dead-channel test passed), else why not."""
+    if row is None:
+        return "not run"
+    if row["status"] == "pass":
+        return None
+    return row.get("reason") or row["status"]
+
+
+def _row_freezing(row: dict) -> dict[str, int]:
+    """A fxtaylor row's frozen groups by op and kind: its ``frozen_reasons``, or, for rows stored
+    before that field, the kinds of its ``frozen`` summary ('?' for the op)."""
+    if "frozen_reasons" in row:
+        return row["frozen_reasons"]
+    out = {}
+    for part in filter(None, row.get("frozen", "").split(", ")):
+        n, kind = part.split(" ", 1)
+        out[f"?: {kind}"] = int(n)
+    return out
+
+
+def timm_aggregate(rows: dict, selection: dict | None = None) -> dict:
+    """Over the timm rows (``timm/<model>`` -> {tool: row}): what freezes channels in fxtaylor's
+    graphs — per 'op: kind', the number of models, of CNN models and of groups — and, per
+    module, whether fxtaylor reached the FLOPs target (``reached``: module -> None or why not)."""
+    selection = timm_selection() if selection is None else selection
+    module_of = {"timm/" + e["model"]: (m, e) for m, e in selection.items() if e.get("model")}
+    freezing: dict = collections.defaultdict(lambda: {"models": 0, "cnn_models": 0, "groups": 0})
+    reached, cnn = {}, {}
+    for name, r in rows.items():
+        if name not in module_of:
+            continue
+        mod, entry = module_of[name]
+        cnn[mod] = entry.get("cnn")
+        row = r.get("fxtaylor")
+        reached[mod] = _reached(row)
+        for key, n in _row_freezing(row or {}).items():
+            freezing[key]["models"] += 1
+            freezing[key]["cnn_models"] += bool(entry.get("cnn"))
+            freezing[key]["groups"] += n
+    freezing = dict(sorted(freezing.items(), key=lambda kv: (-kv[1]["models"], -kv[1]["groups"], kv[0])))
+    return {"freezing": freezing, "reached": reached, "cnn": cnn,
+            "cnn_not_reached": {m: why for m, why in reached.items() if cnn[m] and why is not None}}
+
+
+def _timm_section(doc: Path, rows: dict, selection: dict) -> None:
+    """The timm section of ``doc``: counts, the table, what freezes channels, the CNN modules
+    that did not reach the target."""
+    names = [n for n in timm_names(selection) if n in rows]
+    if not names:
+        return
+    shown = {n: rows[n] for n in names}
+    module_of = {"timm/" + e["model"]: (m, e) for m, e in selection.items() if e.get("model")}
+    agg = timm_aggregate(shown, selection)
+    total = sum(r.get("seconds", 0) for row in shown.values() for r in row.values())
+    n_cnn = sum(1 for e in selection.values() if e.get("cnn"))
+    built = sum(1 for e in selection.values() if e.get("model"))
+    c = counts(shown)
+    c_cnn = counts({n: r for n, r in shown.items() if module_of[n][1].get("cnn")})
+    kinds = ["pass", "pass, parts frozen", "frozen", "fail"]
+    ran = {t: sum(1 for r in shown.values() if t in r) for t in TOOLS}
+    lines = [f"Generated by `python benchmarks/zoo.py --timm --doc {doc}` ({len(shown)} of the {built} timm models of "
+             f"`benchmarks/timm_models.json`: one per timm module, the smallest; {n_cnn} modules are CNNs; inputs as in "
+             f"the table, target 70 % of the FLOPs; {f'{total / 60:.0f} min' if total >= 60 else f'{total:.0f} s'} summed "
+             f"over the rows that finished, on a 2-core CPU).", "",
+             "| status | fxtaylor | torch-pruning | fxtaylor, CNN modules | torch-pruning, CNN modules |", "|---|---|---|---|---|"]
+    for k in kinds:
+        lines.append(f"| {k} | {c['fxtaylor'].get(k, 0)} | {c['tp'].get(k, 0)} | {c_cnn['fxtaylor'].get(k, 0)} | {c_cnn['tp'].get(k, 0)} |")
+    lines.append(f"| rows | {ran['fxtaylor']} | {ran['tp']} | {sum(1 for n, r in shown.items() if 'fxtaylor' in r and module_of[n][1].get('cnn'))} "
+                 f"| {sum(1 for n, r in shown.items() if 'tp' in r and module_of[n][1].get('cnn'))} |")
+    reached_cnn = sum(1 for m, why in agg["reached"].items() if agg["cnn"][m] and why is None)
+    lines += ["", f"fxtaylor reached 0.7 of the FLOPs (status pass) on {sum(1 for w in agg['reached'].values() if w is None)} "
+              f"of {len(agg['reached'])} models, {reached_cnn} of {sum(1 for m in agg['reached'] if agg['cnn'][m])} CNN modules.",
+              "", "What freezes channels in fxtaylor's graphs (each frozen group counted once, by its first reason: "
+              "the op or layer class, and the kind of reason):", "",
+              "| op: kind | models | CNN models | groups |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['models']} | {v['cnn_models']} | {v['groups']} |" for k, v in agg["freezing"].items()]
+    lines += ["", "CNN modules where fxtaylor did not reach 0.7:", ""]
+    for m, why in sorted(agg["cnn_not_reached"].items()):
+        frozen = (rows.get("timm/" + selection[m]["model"], {}).get("fxtaylor") or {}).get("frozen")
+        lines.append(f"- {m} (`{selection[m]['model']}`): {why}" + (f" (frozen groups: {frozen})" if frozen else ""))
+    if not agg["cnn_not_reached"]:
+        lines.append("- none")
+    table = {f"{n} ({module_of[n][0]}{', CNN' if module_of[n][1].get('cnn') else ''})": r for n, r in shown.items()}
+    lines += ["", markdown(table, inputs=True)]
+    replace_section(doc, "zoo-timm", "\n".join(lines), title="# The model zoo, pruned end to end")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", help="default: every torchvision classification model")
     p.add_argument("--family", nargs="+", choices=list(FAMILIES), help="every torchvision model of these families")
     p.add_argument("--all", action="store_true", help="every torchvision model of every family (109)")
-    p.add_argument("--timm", action="store_true", help="timm's representative list instead (needs timm)")
+    p.add_argument("--timm", action="store_true", help="the timm selection instead: one model per timm module "
+                   "(benchmarks/timm_models.json; needs timm)")
+    p.add_argument("--select-timm", action="store_true", help="rewrite benchmarks/timm_models.json from the installed timm")
     p.add_argument("--tools", nargs="+", choices=list(TOOLS), default=list(TOOLS))
     p.add_argument("--size", type=int, default=None, help="input side (default per family: "
                    + ", ".join(f"{f.name} {f.size}" for f in FAMILIES.values()) + ")")
@@ -788,11 +1044,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--doc", default=None, help="write the tables here (docs/zoo.md); rows are kept in its .json")
     p.add_argument("--redo", action="store_true", help="recompute rows already in the .json")
     args = p.parse_args(argv)
+    if args.select_timm:
+        return write_timm_selection()
     families = list(FAMILIES) if args.all else args.family or []
     if args.models:
         names = args.models
     elif args.timm:
-        names = ["timm/" + n for n in TIMM]
+        names = timm_names()
     else:
         names = [n for f in families or ["classification"] for n in FAMILIES[f].models()]
     store = Path(args.doc).with_suffix(".json") if args.doc else None
@@ -816,8 +1074,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.doc:
         touched = {"timm" if n.startswith("timm/") else family_of(n).name for n in names}
         for family in touched:
-            models = ["timm/" + n for n in TIMM] if family == "timm" else FAMILIES[family].models()
-            _section(Path(args.doc), family, rows, models)
+            if family == "timm":
+                _timm_section(Path(args.doc), rows, timm_selection())
+            else:
+                _section(Path(args.doc), family, rows, FAMILIES[family].models())
     else:
         json.dump(shown, sys.stdout, indent=1, default=str)
     return shown

@@ -13,6 +13,10 @@ class PruneError(FxTaylorError):
     """A pruning request the channel graph cannot honour (frozen group, too many channels, ...)."""
 
 
+class ArgumentError(FxTaylorError, ValueError):
+    """An argument of the wrong type or value (still a ``ValueError`` for code that catches those)."""
+
+
 class WriteError(FxTaylorError, OSError):
     """A file or directory fxtaylor had to write could not be written (still an ``OSError``)."""
 

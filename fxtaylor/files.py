@@ -102,6 +102,8 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
     """Raise a one-line :class:`FxTaylorError` unless ``path`` is a directory that can be
     written, or can be created as one. Creates nothing (a probe file is made and removed in the
     nearest folder that exists)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise FxTaylorError(f"{what} must be a directory path (str or os.PathLike), got {type(path).__name__} {path!r:.60}")
     path = Path(path)
     here = path
     try:

@@ -82,9 +82,8 @@ def replay(model: nn.Module, input_shape: list, trace_kwargs: dict, removed_unit
     gone = torch.as_tensor(removed_units, dtype=torch.long)
     if gone.numel() and (int(gone.min()) < 0 or int(gone.max()) >= graph.group_of_unit.numel()):
         raise FxTaylorError("the architecture record names channels the base model does not have (was it saved with another model or library version?)")
-    for gi in torch.unique(graph.group_of_unit[gone]).tolist():
-        g = graph.groups[gi]
-        graph.prune(g, torch.nonzero(torch.isin(g.units, gone)).flatten())
+    graph.prune_many([(g, torch.nonzero(torch.isin(g.units, gone)).flatten())
+                      for g in (graph.groups[gi] for gi in torch.unique(graph.group_of_unit[gone]).tolist())])
     return graph
 
 

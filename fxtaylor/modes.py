@@ -1,4 +1,5 @@
-"""Train/eval flags: set for a while, then restored module by module."""
+"""Module state set for a while, then restored module by module: train/eval flags, and the
+attributes a forward (or a tracer) leaves on its modules."""
 from __future__ import annotations
 
 import contextlib
@@ -19,3 +20,17 @@ def in_eval(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module's attributes as they were after the block: a module that caches what its
+    forward computed (torchvision's MultiScaleRoIAlign keeps its scales) would otherwise keep
+    a value from the example run, or a Proxy from a torch.fx trace."""
+    saved = [(m, dict(vars(m))) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, attrs in saved:  # no comparison: == on a Proxy would itself be traced
+            vars(m).clear()
+            vars(m).update(attrs)

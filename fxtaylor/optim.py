@@ -39,18 +39,24 @@ def prune_keeping_state(
     graph: ChannelGraph, group: ChannelGroup, channels: Sequence[int] | torch.Tensor, optimizer: torch.optim.Optimizer | None
 ) -> None:
     """``graph.prune(group, channels)``, with the optimizer's parameters and state following."""
+    prune_many_keeping_state(graph, [(group, channels)], optimizer)
+
+
+def prune_many_keeping_state(graph: ChannelGraph, cuts: Sequence[tuple[ChannelGroup, Sequence[int] | torch.Tensor]],
+                             optimizer: torch.optim.Optimizer | None) -> None:
+    """``graph.prune_many(cuts)``, with the optimizer's parameters and state following."""
     if optimizer is None:
-        graph.prune(group, channels)
+        graph.prune_many(cuts)
         return
     graph.check_current()  # a stale graph fails here, before a gradient is dropped
-    params = _touched(graph, group)
+    params = {k: v for group, _ in cuts for k, v in _touched(graph, group).items()}
     real = {}
     for name, p in params.items():
         real[name] = p.data
         p.grad = None  # a stale gradient would be pruned too; the next step recomputes it
         p.data = torch.arange(p.numel(), dtype=torch.float64, device=p.device).view(p.shape)
     try:
-        graph.prune(group, channels)
+        graph.prune_many(cuts)
     finally:
         now = dict(graph.model.named_parameters(remove_duplicate=False))
         swap: dict[int, nn.Parameter] = {}

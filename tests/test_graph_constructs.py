@@ -363,3 +363,27 @@ def test_l2_normalisation_over_channels_keeps_them_prunable_and_exact():
     graph = assert_dead_equivalent(model, torch.randn(2, 3, 8, 8))
     g = graph.group_of("a.0")
     assert g.prunable and "scale" in {m.name for m in g.members}
+
+
+class MadeConstant(nn.Module):
+    """A tensor the forward creates (MaxViT's window offsets): fx stores it as a new attribute
+    of the root (``_tensor_constant0``) that tracing must keep for itself, not leave on the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        scale = torch.tensor([0.5, 2.0]).sum()
+        return self.b(self.a(x) * scale)
+
+
+def test_a_tensor_made_in_forward_is_traced_and_the_model_is_left_as_it_was():
+    model = randomize_norms(MadeConstant())
+    before = set(vars(model))
+    for mode in ("eval", "train"):
+        getattr(model, mode)()
+        graph = fxtaylor.trace(model, X)
+        assert len(graph.prunable_groups) == 1
+    assert set(vars(model)) == before  # no _tensor_constant0 left behind
+    assert_dead_equivalent(model.eval(), X)

@@ -91,3 +91,59 @@ def test_known_leaf_only_when_its_extra_parts_are_channel_agnostic():
 
     assert known_leaf(timm.layers.BatchNormAct2d(8))  # BN + ReLU
     assert not known_leaf(timm.layers.BatchNormAct2d(8, act_layer=nn.PReLU))  # weights per channel: traced into
+
+
+# The timm survey (--timm): one model per timm module, selected on the meta device; what freezes
+# channels aggregated over the fxtaylor rows.
+def test_timm_selection_picks_the_smallest_model_of_a_module():
+    timm = pytest.importorskip("timm")
+    sel = zoo.select_timm(["densenet", "convit"], log=lambda *_: None)
+    assert sel["densenet"]["model"] == "densenet121" and sel["densenet"]["cnn"] is True
+    assert sel["convit"]["model"] == "convit_tiny" and sel["convit"]["cnn"] is False
+    sizes = {n: sum(p.numel() for p in zoo._meta_build(n).parameters()) for n in timm.list_models(module="convit")}
+    assert sel["convit"]["params"] == min(sizes.values()) and sel["convit"]["size"] == 224
+
+
+def test_timm_selection_checked_in_covers_every_module():
+    timm = pytest.importorskip("timm")
+    data = __import__("json").loads(zoo.TIMM_MODELS.read_text())
+    if data["timm"] != timm.__version__:
+        pytest.skip(f"selection made with timm {data['timm']}, installed {timm.__version__}")
+    assert set(data["modules"]) == set(timm.list_modules())
+    assert zoo.timm_names() == ["timm/" + e["model"] for _, e in sorted(data["modules"].items()) if e["model"]]
+    assert zoo.family_of(zoo.timm_names()[0]).name == "classification"
+
+
+def test_frozen_reasons_name_the_op_and_the_kind():
+    from types import SimpleNamespace as G
+
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.LayerNorm(8))
+    groups = [G(frozen=["1: layer norm over these channels (removing one changes the statistics of the others)"]),
+              G(frozen=["add: combined with a tensor that carries no prunable channels", "more"]),
+              G(frozen=["add: combined with a tensor that carries no prunable channels"]),
+              G(frozen=["no channel rule for roi_align"]), G(frozen=["reaches the model output"]), G(frozen=[])]
+    assert zoo.frozen_reasons(groups, model) == {"add: added to a frozen tensor": 2, "LayerNorm: layer norm over channels": 1,
+                                                 "roi_align: no channel rule": 1, "output: classifier output": 1}
+    assert zoo.frozen_summary(groups) == "2 added to a frozen tensor, 1 layer norm over channels, 1 no rule for roi_align, 1 classifier output"
+    glue = [G(frozen=["mul in blocks.0.attn (not traced, see graph.partial): channels broadcast or mixed with other dims"]),
+            G(frozen=["no channel rule for chunk in blocks.1 (not traced, see graph.partial)"])]
+    assert zoo.frozen_reasons(glue, model) == {"mul: mixed with other dims (untraced code)": 1, "chunk: no channel rule (untraced code)": 1}
+
+
+def test_timm_aggregate_counts_freezing_ops_and_cnns_short_of_the_target():
+    sel = {"a": {"model": "a1", "cnn": True}, "b": {"model": "b1", "cnn": True}, "c": {"model": "c1", "cnn": False},
+           "d": {"model": None}}
+    rows = {"timm/a1": {"fxtaylor": {"status": "pass", "frozen_reasons": {"output: classifier output": 1, "getitem: fixed channel index": 3}}},
+            "timm/b1": {"fxtaylor": {"status": "fail", "reason": "FLOPs 0.800 of the original, target 0.7",
+                                     "frozen_reasons": {"output: classifier output": 1, "LayerNorm: layer norm over channels": 2}}},
+            "timm/c1": {"fxtaylor": {"status": "frozen", "reason": "no prunable group",
+                                     "frozen": "4 layer norm over channels, 1 classifier output"}},  # a row stored before frozen_reasons
+            "other": {"fxtaylor": {"status": "pass"}}}
+    agg = zoo.timm_aggregate(rows, sel)
+    assert agg["freezing"]["output: classifier output"] == {"models": 2, "cnn_models": 2, "groups": 2}
+    assert agg["freezing"]["?: layer norm over channels"] == {"models": 1, "cnn_models": 0, "groups": 4}
+    assert agg["reached"] == {"a": None, "b": "FLOPs 0.800 of the original, target 0.7", "c": "no prunable group"}
+    assert agg["cnn_not_reached"] == {"b": "FLOPs 0.800 of the original, target 0.7"}
+    assert zoo.timm_names(sel) == ["timm/a1", "timm/b1", "timm/c1"]

@@ -57,6 +57,7 @@ class Layers:
                     u = side[side >= 0]
                     for gi in graph.group_of_unit[u].unique().tolist() if u.numel() else ():
                         touching[gi].add(i)
+        self._count_cache: dict[int, tuple[dict[int, int], dict[int, int]]] = {}
         self.of_group = {g: sorted(v) for g, v in touching.items()}
         self.of_layer: list[list[int]] = [[] for _ in self.names]  # layer index -> group indices
         for g, layers in self.of_group.items():
@@ -67,11 +68,41 @@ class Layers:
         return {n: (ci, co) for n, ci, co in zip(self.names, self.cin, self.cout)}
 
     def delta(self, layer: int, units: torch.Tensor) -> tuple[int, int]:
-        """Input and output channels ``layer`` loses when ``units`` go."""
+        """Input and output channels ``layer`` loses when ``units`` (distinct) go."""
+        if units.numel() <= 32:  # a selection chunk: counts looked up (the isin below is ~40x slower)
+            cin, cout = self._counts(layer)
+            us = units.tolist()
+            return sum(cin.get(u, 0) for u in us), sum(cout.get(u, 0) for u in us)
+        return self._delta(layer, self._mask(units))
+
+    def deltas(self, units: torch.Tensor) -> list[tuple[int, int]]:
+        """:meth:`delta` of every layer (one mask of ``units`` for all)."""
+        mask = self._mask(units)
+        return [self._delta(i, mask) for i in range(len(self.names))]
+
+    def _mask(self, units: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(int(self.graph.group_of_unit.numel()) + 1, dtype=torch.bool)  # last: position -1
+        mask[units] = True
+        mask[-1] = False
+        return mask
+
+    def _delta(self, layer: int, mask: torch.Tensor) -> tuple[int, int]:
         ins, outs = self.ins[layer], self.outs[layer]
-        di = int(torch.isin(ins, units).sum()) if ins is not None else 0
-        do = int(torch.isin(outs, units).sum()) if outs is not None else 0
+        di = int(mask[ins].sum()) if ins is not None else 0
+        do = int(mask[outs].sum()) if outs is not None else 0
         return di, do
+
+    def _counts(self, layer: int) -> tuple[dict[int, int], dict[int, int]]:
+        """Unit -> positions it holds in the layer's input and output channels (built once)."""
+        c = self._count_cache.get(layer)
+        if c is None:
+            def count(side):
+                if side is None:
+                    return {}
+                u, n = torch.unique(side[side >= 0], return_counts=True)
+                return dict(zip(u.tolist(), n.tolist()))
+            c = self._count_cache[layer] = (count(self.ins[layer]), count(self.outs[layer]))
+        return c
 
     def per_unit_deltas(self, layer: int, n_units: int) -> tuple[torch.Tensor, torch.Tensor]:
         """For every unit of the graph: input and output channels ``layer`` loses if it goes alone."""
@@ -158,11 +189,17 @@ class CostModel(ABC):
             cost = torch.zeros(n, dtype=torch.float64)
             for i, name in enumerate(L.names):
                 di, do = L.per_unit_deltas(i, n)
+                touched = ((di > 0) | (do > 0)).nonzero().squeeze(1)  # the units of this layer's groups
+                if not touched.numel():
+                    continue
                 here = self.layer_cost(name, L.cin[i], L.cout[i])
-                pairs = torch.stack([di, do], 1)
-                for a, b in torch.unique(pairs, dim=0).tolist():  # few distinct (in, out) losses
-                    if a or b:
-                        saved = here - self.layer_cost(name, max(L.cin[i] - a, 0), max(L.cout[i] - b, 0))
-                        cost[(di == a) & (do == b)] += saved
+                # few distinct (in, out) losses: one 1-D key per unit (a row-wise unique is ~100x slower)
+                a_, b_ = di[touched], do[touched]
+                base = int(b_.max()) + 1
+                keys, which = torch.unique(a_ * base + b_, return_inverse=True)
+                for j, key in enumerate(keys.tolist()):
+                    a, b = divmod(key, base)
+                    saved = here - self.layer_cost(name, max(L.cin[i] - a, 0), max(L.cout[i] - b, 0))
+                    cost[touched[which == j]] += saved
             self._unit_costs = cost
         return self._unit_costs

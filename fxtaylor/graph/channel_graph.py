@@ -24,9 +24,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..errors import PruneError, TraceError
+from .. import examples
+from ..errors import FxTaylorError, PruneError, TraceError
 from . import propagate, record, rules, selection, surgery
-from .atoms import PARAM, PRODUCER, Atoms, Space
+from .atoms import CONSUMER, PARAM, PRODUCER, Atoms, Space
 
 
 @dataclass
@@ -72,6 +73,9 @@ class ChannelGroup:
     units: torch.Tensor  # global unit ids, ascending; group-local channel k = units[k]
     frozen: list[str] = field(default_factory=list)  # why it cannot be pruned; empty = prunable
     min_keep: int = 1  # units that must remain
+    # unit sets of which one must remain each: the channels one layer reads of this group, where
+    # it reads only part of it (a piece of timm's MixedConv2d split feeds its own conv)
+    keep: list[torch.Tensor] = field(default_factory=list)
     _graph: "ChannelGraph | None" = field(default=None, repr=False)
 
     @property
@@ -80,12 +84,44 @@ class ChannelGroup:
         return int(self.units.numel())
 
     @property
+    def least(self) -> int:
+        """Units that must remain: ``min_keep``, and one of each ``keep`` set."""
+        return max(self.min_keep, int(self._stay(torch.zeros(self.size)).sum())) if self.keep else self.min_keep
+
+    @property
     def prunable(self) -> bool:
-        return not self.frozen and self.size > self.min_keep
+        return not self.frozen and self.size > self.least
 
     @property
     def num_prunable(self) -> int:
-        return max(self.size - self.min_keep, 0) if not self.frozen else 0
+        return max(self.size - self.least, 0) if not self.frozen else 0
+
+    def removal_order(self, scores: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Group-local channels in the order they may go, lowest ``scores`` first, and how many
+        must stay (at the end of the order): ``min_keep``, and for the ``keep`` sets the units a
+        greedy cover keeps — for each set not yet kept, smallest first, the unit that keeps the
+        most such sets, the highest-scored among those. Taking channels from the front never
+        leaves a layer without input channels."""
+        order = torch.sort(scores, stable=True).indices
+        if not self.keep:
+            return order, self.min_keep
+        stay = self._stay(scores)
+        return torch.cat([order[~stay[order]], order[stay[order]]]), max(self.min_keep, int(stay.sum()))
+
+    def _stay(self, scores: torch.Tensor) -> torch.Tensor:
+        rank = torch.empty(self.size, dtype=torch.long)
+        rank[torch.sort(scores, stable=True).indices] = torch.arange(self.size)
+        local = sorted((torch.searchsorted(self.units, k) for k in self.keep), key=len)
+        stay = torch.zeros(self.size, dtype=torch.bool)
+        for piece in local:
+            if bool(stay[piece].any()):
+                continue
+            hits = torch.zeros(self.size, dtype=torch.long)
+            for other in local:
+                if not bool(stay[other].any()):
+                    hits[other] += 1
+            stay[piece[torch.argmax(hits[piece] * self.size + rank[piece])]] = True
+        return stay
 
     @property
     def members(self) -> list[Member]:
@@ -115,6 +151,8 @@ class ChannelGraph:
         self.fx_graph = fx_graph
         self.partial: record.Partial | None = None  # set when the model was traced in parts
         self.modes: tuple[str, ...] = ("eval",)  # modes whose graphs were joined
+        self.example_args: examples.Args | None = None  # the example, as the model's arguments (set by trace)
+        self.given_example: Any = None  # the object trace() was given (an example already decided: example_args)
         # user leaves the rule table does not know: black boxes whose channels are frozen
         self.opaque = sorted(n for n in opaque if rules.lookup_module(model.get_submodule(n)) is None)
         atoms = prop.atoms
@@ -129,6 +167,7 @@ class ChannelGraph:
         self.groups = [
             ChannelGroup(i, torch.nonzero(group_of_unit == i).flatten(), _graph=self) for i in range(n_groups)
         ]
+        self._keep_sets(atoms.spaces, _units_of([sp.atoms for sp in atoms.spaces.values()], unit_of_atom), group_of_unit)
         for atoms_frozen, reason in atoms.freezes:
             u = unit_of_atom[atoms_frozen]
             for gi in torch.unique(group_of_unit[u[u >= 0]]).tolist():
@@ -140,11 +179,26 @@ class ChannelGraph:
             zip(atoms.spaces, _units_of([sp.atoms for sp in atoms.spaces.values()], unit_of_atom))
         )
         self.group_of_unit = group_of_unit
+        self._space_index: dict[int, list[tuple[str, str]]] | None = None  # see _spaces_of
         self.node_maps = _feature_map_nodes(prop, unit_of_atom)
         io = [((name, side), a) for name, (i, o) in prop.module_io.items() for side, a in (("in", i), ("out", o)) if a is not None]
         self.io_maps: dict[tuple[str, str], torch.Tensor] = dict(
             zip((k for k, _ in io), _units_of([a for _, a in io], unit_of_atom))
         )
+
+    def _keep_sets(self, spaces: dict, units_of_space: list[torch.Tensor], group_of_unit: torch.Tensor) -> None:
+        """A layer that reads only part of a group (a split piece feeding its own conv) must keep
+        one of those channels: a conv cannot have none."""
+        for (_, sp), units in zip(spaces.items(), units_of_space):
+            u = units[units >= 0]
+            if sp.kind != CONSUMER or not u.numel():
+                continue
+            gid = group_of_unit[u]
+            for gi in torch.unique(gid).tolist():
+                part = torch.unique(u[gid == gi])
+                g = self.groups[gi]
+                if part.numel() < g.size and not any(torch.equal(part, k) for k in g.keep):
+                    g.keep.append(part)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -161,12 +215,24 @@ class ChannelGraph:
 
     def _members(self, g: ChannelGroup) -> list[Member]:
         out = []
-        for key, units in self.unit_maps.items():
+        for key in self._spaces_of(g.index):
+            units = self.unit_maps[key]
             pos, local = _locate(units, g.units)
             if pos.numel():
                 sp = self.spaces[key]
                 out.append(Member(key[0], key[1], sp.kind, sp.module_type, pos, local))
         return out
+
+    def _spaces_of(self, gi: int) -> list[tuple[str, str]]:
+        """The spaces holding units of group ``gi`` (an index built once, until the next cut):
+        listing members scans those alone, not every space of the model."""
+        if self._space_index is None:
+            index: dict[int, list[tuple[str, str]]] = defaultdict(list)
+            for key, units in self.unit_maps.items():
+                for g in torch.unique(self.group_of_unit[units[units >= 0]]).tolist():
+                    index[g].append(key)
+            self._space_index = index
+        return self._space_index.get(gi, [])
 
     def _feature_maps(self, g: ChannelGroup) -> list[FeatureMap]:
         out = []
@@ -200,19 +266,37 @@ class ChannelGraph:
         The surgery is torch-pruning's per-layer functions; afterwards the graph describes the
         pruned model (channel k of a group is again ``group.units[k]``), so it can be reused.
         """
-        if group._graph is not self:
-            raise PruneError("this group belongs to another channel graph")
-        idx = torch.as_tensor(list(channels) if not isinstance(channels, torch.Tensor) else channels, dtype=torch.long).flatten()
-        if group.frozen:
-            raise PruneError(f"group {group.index} is frozen: {'; '.join(group.frozen)}")
-        if idx.numel() == 0:
+        self.prune_many([(group, channels)])
+
+    def prune_many(self, cuts: Iterable[tuple[ChannelGroup, Sequence[int] | torch.Tensor]]) -> None:
+        """:meth:`prune` for several groups at once: every cut is checked before anything is
+        modified, and each module is cut once (a pruner step cuts ~100 groups of DenseNet-121:
+        one pass over the graph instead of one per group, measured 20 s -> 0.3 s)."""
+        gone_parts, shrunk = [], []
+        for group, channels in cuts:
+            if group._graph is not self:
+                raise PruneError("this group belongs to another channel graph")
+            idx = torch.as_tensor(list(channels) if not isinstance(channels, torch.Tensor) else channels, dtype=torch.long).flatten()
+            if group.frozen:
+                raise PruneError(f"group {group.index} is frozen: {'; '.join(group.frozen)}")
+            if idx.numel() == 0:
+                continue
+            if idx.unique().numel() != idx.numel() or int(idx.min()) < 0 or int(idx.max()) >= group.size:
+                raise PruneError(f"group {group.index}: channel indices must be distinct and in [0, {group.size})")
+            if group.size - idx.numel() < group.min_keep:
+                raise PruneError(f"group {group.index}: must keep at least {group.min_keep} of {group.size} channels")
+            for k in group.keep:
+                if bool(torch.isin(k, group.units[idx]).all()):
+                    raise PruneError(f"group {group.index}: channels {torch.searchsorted(group.units, k).tolist()[:8]} "
+                                     "are all a layer reads of this group (a split piece); keep one of them")
+            if any(g is group for g, _ in shrunk):
+                raise PruneError(f"group {group.index} is cut twice in one call")
+            gone_parts.append(group.units[idx])
+            shrunk.append((group, idx))
+        if not gone_parts:
             return
-        if idx.unique().numel() != idx.numel() or int(idx.min()) < 0 or int(idx.max()) >= group.size:
-            raise PruneError(f"group {group.index}: channel indices must be distinct and in [0, {group.size})")
-        if group.size - idx.numel() < group.min_keep:
-            raise PruneError(f"group {group.index}: must keep at least {group.min_keep} of {group.size} channels")
         self.check_current()  # a stale graph would cut the wrong positions, or none, while renaming widths
-        gone = group.units[idx]
+        gone = torch.cat(gone_parts)
         by_module: dict[str, dict[str, list[int]]] = defaultdict(dict)
         params: list[tuple[str, int, list[int]]] = []
         kept: dict[tuple[str, str], torch.Tensor] = {}
@@ -227,14 +311,21 @@ class ChannelGraph:
                 by_module[key[0]][key[1]] = pos
             kept[key] = units[~hit]
         for name, removed in by_module.items():
+            surgery.check_module(self.model.get_submodule(name), removed)  # before any module is cut
+        for name, removed in by_module.items():
             surgery.prune_module(self.model.get_submodule(name), removed)
         for path, dim, pos in params:
             surgery.prune_parameter(self.model, path, dim, pos)
         self.unit_maps.update(kept)
+        self._space_index = None
         for maps in (self.node_maps, self.io_maps):
             for key, units in maps.items():
                 maps[key] = units[~torch.isin(units, gone)]
-        group.units = group.units[~torch.isin(group.units, gone)]
+        for group, idx in shrunk:
+            keep = torch.ones(group.size, dtype=torch.bool)
+            keep[idx] = False
+            group.units = group.units[keep]
+            group.keep = [k[~torch.isin(k, gone)] for k in group.keep]
 
     def check_current(self) -> None:
         """Raise :class:`PruneError` unless every module (and free parameter) still has the
@@ -368,31 +459,55 @@ def trace(
 ) -> ChannelGraph:
     """Build the :class:`ChannelGraph` of ``model``.
 
-    ``example_inputs``: a tensor or tuple of tensors on the model's device (batch size 1 is
-    enough; only shapes matter). ``ignored_layers``: modules (or their names) whose channels
-    must not change; every group touching them is frozen. ``leaf_modules``: module types,
-    names or instances fx should not trace into (e.g. ones with data-dependent control flow);
-    their channels are frozen and listed in ``graph.opaque``.
+    ``example_inputs``: what the model runs on, on its device (batch size 1 is enough): a
+    tensor (``model(x)``), or a tuple or list of its arguments — ``model(*inputs)``, or where
+    that fails ``model(inputs)`` (a detection model's list of images), as torch-pruning takes
+    them. The model is run on them once to decide (eval mode, no gradients, nothing changed);
+    the decision is ``graph.example_args`` (:mod:`fxtaylor.examples`). ``ignored_layers``:
+    modules (or their names) whose channels must not change; every group touching them is
+    frozen. ``leaf_modules``: module types, names or instances fx should not trace into (e.g.
+    ones with data-dependent control flow); their channels are frozen and listed in
+    ``graph.opaque``.
 
     The model is traced in eval and in train mode; where the graphs differ (auxiliary heads),
     the groups are their union (``graph.modes``). A model fx cannot trace whole is traced in
     parts, the code between them recorded op by op (``graph.partial``; docs/graph.md).
-    ``example_inputs`` may then be any arguments the model takes (a list of images).
     """
+    examples.check_model(model)
+    ignored_layers, leaf_modules = as_selection(ignored_layers, "ignored_layers"), as_selection(leaf_modules, "leaf_modules")
     # one resolution for trace() and prune(): containers expanded, leaf types by isinstance
     ignored, leaf_names = selection.resolve(model, ignored_layers, leaf_modules)
+    args = examples.resolve(model, example_inputs, error=TraceError)  # tracing runs on meta tensors: this is the real run
     leaves = tuple(sorted(leaf_names))  # the tracer matches leaves by name
     partial = None
+    placeholders: tuple = args
     try:
         fx_graph, train_graph, opaque = propagate.symbolic_trace_modes(model, leaves)
     except TraceError as whole:
-        fx_graph, example_inputs, partial = record.record(model, example_inputs, leaves)
+        fx_graph, placeholders, partial = record.record(model, args, leaves)
         if not partial.traced and not any(n.op == "call_module" for n in fx_graph.nodes):
             raise whole
         train_graph = None  # recorded in eval mode only
         opaque = {n.target for n in fx_graph.nodes if n.op == "call_module" and n.target in leaf_names}
-    prop = propagate.run(model, fx_graph, example_inputs, opaque, train_graph)
+    prop = propagate.run(model, fx_graph, placeholders, opaque, train_graph)
     graph = ChannelGraph(model, fx_graph, prop, ignored, opaque)
     graph.partial = partial
     graph.modes = ("eval", "train") if train_graph is not None else ("eval",)
+    graph.example_args, graph.given_example = args, example_inputs
     return graph
+
+
+def as_selection(items: Any, what: str) -> list:
+    """``ignored_layers`` / ``leaf_modules`` as a list; a lone module, name or type (which
+    would be iterated over: its children, or a name's letters) is refused with the fix."""
+    if items is None:
+        return []
+    if isinstance(items, (str, nn.Module, type)):
+        shown = repr(items) if isinstance(items, str) else type(items).__name__ if isinstance(items, nn.Module) else repr(items)
+        raise FxTaylorError(f"{what} must be a list (or tuple, set) of modules, module names or types, got {shown}: "
+                            f"wrap a single one in a list, e.g. [{shown}]")
+    try:
+        return list(items)
+    except TypeError:
+        raise FxTaylorError(f"{what} must be a list (or tuple, set) of modules, module names or types, got "
+                            f"{type(items).__name__}") from None

@@ -34,7 +34,7 @@ import torch.nn as nn
 from torchvision.ops import MultiScaleRoIAlign, RoIAlign, RoIPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import rules, surgery, vision_rules
+from . import rules, surgery, timm_rules, vision_rules
 from .rules import Rule
 
 DENSE, SINGLE = "dense", "single"
@@ -185,12 +185,43 @@ SPECS = _Table({
     # channel: then it is traced into). timm's Linear casts dtypes around F.linear.
     "timm.layers.norm_act.BatchNormAct2d": replace(BATCHNORM, when=_channelwise_parts),
     "timm.layers.linear.Linear": LINEAR,
+    # timm's TensorFlow-"SAME" conv (tf_* models) pads on every call: a conv with its own
+    # output size. As a leaf, fx no longer fails on its padding arithmetic.
+    "timm.layers.conv2d_same.Conv2dSame": replace(CONV, meta_out=timm_rules.conv2d_same_meta_out),
     # torchvision detection: RoI pooling pools channel by channel, so the maps a box head reads
     # through it keep prunable channels (:mod:`.vision_rules`). No parameters, no surgery.
     MultiScaleRoIAlign: OpSpec(vision_rules.multiscale_roi_pool),
     RoIAlign: OpSpec(vision_rules.roi_pool),
     RoIPool: OpSpec(vision_rules.roi_pool),
 })
+
+
+@dataclass(frozen=True)
+class SplitOwner:
+    """A module whose ``forward`` splits a tensor along its channels by sizes it holds in its
+    own attributes: :func:`.rules.split` then prunes through the split (instead of freezing
+    it) and ``prune(module, removed)`` updates those attributes (``removed["split"]``: the
+    split tensor's positions). ``equal``: one size for every piece (the pieces are tied)."""
+
+    prune: Callable[[nn.Module, dict[str, list[int]]], None]
+    equal: bool
+    check: Callable[[nn.Module, dict[str, list[int]]], None] | None = None  # raises before any cut
+
+
+SPLIT_OWNERS: dict[type | str, SplitOwner] = {
+    "timm.layers.mixed_conv2d.MixedConv2d": SplitOwner(timm_rules.mixed_conv_split, equal=False, check=timm_rules.mixed_conv_check),
+    "timm.layers.selective_kernel.SelectiveKernel": SplitOwner(timm_rules.selective_kernel_split, equal=True),
+    "timm.models.res2net.Bottle2neck": SplitOwner(timm_rules.res2net_split, equal=True),
+}
+
+
+def split_owner_of(t: type) -> SplitOwner | None:
+    """The split-owner row of class ``t`` (or of a base whose ``forward`` it keeps)."""
+    for base in t.__mro__:
+        row = SPLIT_OWNERS.get(base) or SPLIT_OWNERS.get(_qualname(base))
+        if row is not None:
+            return row if getattr(t, "forward", None) is getattr(base, "forward", None) else None
+    return None
 
 
 def _qualname(t: type) -> str:
@@ -249,4 +280,5 @@ def cost_kind(module: nn.Module) -> str | None:
     return spec.cost(module) if callable(spec.cost) else spec.cost
 
 
-__all__ = ["DENSE", "SINGLE", "OpSpec", "SPECS", "cost_kind", "register", "registered_type", "spec_of"]
+__all__ = ["DENSE", "SINGLE", "OpSpec", "SPECS", "SPLIT_OWNERS", "SplitOwner", "cost_kind", "register", "registered_type",
+           "spec_of", "split_owner_of"]

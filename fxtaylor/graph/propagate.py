@@ -8,7 +8,6 @@ restored afterwards.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import traceback
 import warnings
@@ -20,7 +19,7 @@ import torch.nn as nn
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 
 from ..errors import TraceError
-from ..modes import in_eval
+from ..modes import in_eval, preserved
 from . import ops, rules
 from .atoms import PARAM, Ann, Atoms, Factor
 from .call import Call, Multi
@@ -68,6 +67,7 @@ def symbolic_trace(model: nn.Module, leaves: tuple = ()) -> tuple[fx.Graph, set[
     try:
         with preserved(model):
             graph = tracer.trace(model)
+            _keep_constants(graph, model)
     except Exception as e:  # torch.fx raises TraceError, TypeError, RuntimeError... alike
         where, cls = tracer.failed_in or ("", type(model).__name__)
         line = _user_line(e)
@@ -87,17 +87,20 @@ def symbolic_trace(model: nn.Module, leaves: tuple = ()) -> tuple[fx.Graph, set[
     return graph, user_leaves
 
 
-@contextlib.contextmanager
-def preserved(model: nn.Module):
-    """Every module's attributes as they were, after fx has traced through them: a module that
-    caches what its forward computed (MultiScaleRoIAlign's scales) would keep a Proxy."""
-    saved = [(m, dict(vars(m))) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, attrs in saved:  # no comparison: == on a Proxy would itself be traced
-            vars(m).clear()
-            vars(m).update(attrs)
+def _keep_constants(graph: fx.Graph, model: nn.Module) -> None:
+    """Tensors the code creates (MaxViT's ``torch.tensor`` of window offsets) are stashed by fx
+    as new attributes of the root (``_tensor_constant0``) that ``preserved`` then removes, so
+    the model is left as it was: each one is kept in its get_attr node's meta instead, where
+    :class:`ChannelProp` reads it."""
+    own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    for n in graph.nodes:
+        if n.op == "get_attr" and n.target not in own and "." not in n.target and n.target not in vars(type(model)):
+            value = vars(model).get(n.target)
+            if isinstance(value, torch.Tensor):
+                n.meta[CONSTANT] = value
+
+
+CONSTANT = "fxtaylor_constant"  # node.meta key: a tensor constant fx stashed on the model
 
 
 def _user_line(e: BaseException) -> str:
@@ -142,7 +145,10 @@ class ChannelProp(fx.Interpreter):
                 # fx hands lists as immutable_list; user code may mutate its arguments (swin3d)
                 args, kwargs = _mutable(args), _mutable(kwargs)
             try:
-                out = getattr(self, n.op)(n.target, args, kwargs)
+                if CONSTANT in n.meta:
+                    out = _to_meta(n.meta[CONSTANT]) if self.meta else n.meta[CONSTANT]
+                else:
+                    out = getattr(self, n.op)(n.target, args, kwargs)
             except Exception as e:
                 if self.meta:
                     raise _NeedsValues(n.format_node()) from e

@@ -36,8 +36,8 @@ import torch.utils._pytree as pytree
 from torch.overrides import TorchFunctionMode
 
 from ..errors import TraceError
-from ..modes import in_eval
-from .propagate import _Tracer, _user_line, preserved
+from ..modes import in_eval, preserved
+from .propagate import _Tracer, _user_line
 
 # Tensor attributes and methods that read metadata, never values: not recorded.
 _METADATA = {

@@ -86,19 +86,33 @@ def elementwise(c: Call) -> Ann:
     out = c.out
     if not isinstance(out, torch.Tensor):
         return ()
-    nd = out.dim()
-    operands = c.tensor_args()
-    on_dim: dict[int, list[torch.Tensor]] = {}
-    for v, ann in operands:
-        off = nd - v.dim()
+    return _broadcast_join(c, [(v.shape, ann) for v, ann in c.tensor_args()], out.shape)
+
+
+def _broadcast_join(c: Call, operands: list[tuple[torch.Size, Ann]], shape: torch.Size) -> Ann:
+    """The channels of operands broadcast together to ``shape``, tied position by position.
+
+    Factors are aligned from the right, as broadcasting does. Factors over overlapping dims are
+    joined over the union of their dims: a factor is constant along the dims it lacks, so
+    ResNeSt's attention (one channel per column) ties with its ``[B, radix, C/radix]`` view of
+    a conv's output (one channel per position) at every radix row. What cannot follow pruning
+    is frozen: a channel axis broadcast from size 1, channels combined with an operand that
+    spans their dims without carrying channels there (a constant, the image), or with positions
+    of no channel.
+    """
+    nd = len(shape)
+    found: list[tuple[tuple[int, ...], torch.Tensor]] = []
+    for s, ann in operands:
+        off = nd - len(s)
         for f in ann:
-            if f.single and v.shape[f.dims[0]] == out.shape[f.dims[0] + off]:
-                on_dim.setdefault(f.dims[0] + off, []).append(f.atoms)
+            if all(s[d] == shape[d + off] for d in f.dims):
+                found.append((tuple(d + off for d in f.dims), f.atoms))
             else:
                 c.atoms.freeze(f.atoms, f"{c.name}: channels broadcast or mixed with other dims")
     result = []
-    for d, lists in on_dim.items():
-        if any(_bare(v, ann, d - (nd - v.dim()), out.shape[d]) for v, ann in operands):
+    for dims in _components([d for d, _ in found]):
+        lists = [_expand(a, d, dims, shape) for d, a in found if set(d) <= set(dims)]
+        if any(_bare(s, ann, tuple(d - (nd - len(s)) for d in dims), [shape[d] for d in dims]) for s, ann in operands):
             for a in lists:
                 c.atoms.freeze(a, f"{c.name}: combined with a tensor that carries no prunable channels")
             continue
@@ -108,16 +122,33 @@ def elementwise(c: Call) -> Ann:
         holes = (stacked < 0).any(0) & (stacked >= 0).any(0)
         if bool(holes.any()):
             c.atoms.freeze(stacked[:, holes], f"{c.name}: combined with positions that carry no channel")
-        result.append(Factor((d,), stacked.max(0).values))
+        result.append(Factor(dims, stacked.max(0).values))
     return tuple(result)
 
 
-def _bare(v: torch.Tensor, ann: Ann, d: int, size: int) -> bool:
-    """Operand ``v`` spans dim ``d`` at full size but carries no (single-dim) channels there."""
-    if not 0 <= d < v.dim() or v.shape[d] != size or size == 1:
-        return False
-    f = factor_on(ann, d)
-    return f is None or not f.single
+def _components(dim_sets: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """The unions of overlapping dim sets (sorted), in order of first appearance."""
+    comps: list[set[int]] = []
+    for ds in dim_sets:
+        hit = [k for k in comps if k & set(ds)]
+        merged = set(ds).union(*hit)
+        comps = [k for k in comps if k not in hit] + [merged]
+    return [tuple(sorted(k)) for k in comps]
+
+
+def _expand(atoms: torch.Tensor, dims: tuple[int, ...], to: tuple[int, ...], shape: torch.Size) -> torch.Tensor:
+    """Atoms over ``dims`` as atoms over ``to`` (ascending, ⊇ dims): constant along the others."""
+    order = sorted(range(len(dims)), key=dims.__getitem__)
+    atoms = atoms.permute(order)
+    view = [shape[d] if d in dims else 1 for d in to]
+    return atoms.reshape(view).expand([shape[d] for d in to])
+
+
+def _bare(s: torch.Size, ann: Ann, dims: tuple[int, ...], sizes: list[int]) -> bool:
+    """An operand of shape ``s`` spans one of ``dims`` at full size but carries no channels
+    there."""
+    spans = any(0 <= d < len(s) and s[d] == n and n > 1 for d, n in zip(dims, sizes))
+    return spans and not any(set(f.dims) <= set(dims) for f in ann)
 
 
 def shape_op(c: Call) -> Ann:
@@ -174,26 +205,55 @@ def _constant_size_dims(c: Call, dims: tuple[int, ...]) -> list[int]:
     return [d for d in dims if d < len(sizes) and isinstance(sizes[d], int) and sizes[d] != -1]
 
 
+def _list_anns(c: Call) -> list[Ann]:
+    """Annotations of the tensors of a list argument (``torch.cat``/``torch.stack``)."""
+    raws = c.node.args[0] if c.node.args else c.node.kwargs["tensors"]
+    return [c.anns.get(r, ()) if isinstance(r, fx.Node) else () for r in raws]
+
+
 def cat(c: Call) -> Ann:
     """``torch.cat``: positions along ``dim`` are concatenated, the other dims tie like an add."""
     xs = c.arg(0, "tensors")
-    raws = c.node.args[0] if c.node.args else c.node.kwargs["tensors"]
-    anns = [c.anns.get(r, ()) if isinstance(r, fx.Node) else () for r in raws]
+    anns = _list_anns(c)
     nd = c.out.dim()
     dim = _norm_dim(c.arg(1, "dim", 0), nd)
-    if not any(anns):
-        return ()
-    if any(not f.single for a in anns for f in a):
-        for a in anns:
-            c.atoms.freeze_ann(a, f"{c.name}: multi-dim channel factor")
+    if not any(anns) or not _single_dims(c, anns):
         return ()
     along = [factor_on(a, dim) for a in anns]
     out: list[Factor] = []
     if any(along):
         pieces = [f.atoms if f else torch.full((x.shape[dim],), NO_ATOM) for f, x in zip(along, xs)]
         out.append(Factor((dim,), torch.cat(pieces)))
-    others = sorted({d for a in anns for f in a for d in f.dims if d != dim})
-    for d in others:
+    return tuple(out) + _tie_alike(c, anns, exclude=dim)
+
+
+def stack(c: Call) -> Ann:
+    """``torch.stack(xs, dim)``: a new dim of size len(xs); every input's channels pass through
+    (renumbered past the new dim), and the inputs tie position by position like an add: they
+    must keep equal shapes (SelectiveKernel stacks its paths' outputs)."""
+    dim = _norm_dim(c.arg(1, "dim", 0), c.out.dim())
+    anns = [tuple(Factor(tuple(d + (d >= dim) for d in f.dims), f.atoms) for f in a) for a in _list_anns(c)]
+    if not any(anns) or not _single_dims(c, anns):
+        return ()
+    return _tie_alike(c, anns, exclude=dim)
+
+
+def _single_dims(c: Call, anns: list[Ann]) -> bool:
+    """Whether every factor is on one dim; else all are frozen (joining multi-dim layouts of
+    several tensors is not supported)."""
+    if all(f.single for a in anns for f in a):
+        return True
+    for a in anns:
+        c.atoms.freeze_ann(a, f"{c.name}: multi-dim channel factor")
+    return False
+
+
+def _tie_alike(c: Call, anns: list[Ann], exclude: int) -> Ann:
+    """Tensors joined along ``exclude`` keep equal sizes on every other dim: their channels
+    there tie position by position. A tensor without channels on such a dim, or a position
+    with a channel in one tensor and none in another, pins them: frozen."""
+    out = []
+    for d in sorted({d for a in anns for f in a for d in f.dims if d != exclude}):
         fs = [factor_on(a, d) for a in anns]
         if not all(fs):
             for f in fs:
@@ -202,7 +262,11 @@ def cat(c: Call) -> Ann:
             continue
         for f in fs[1:]:
             c.atoms.tie(fs[0].atoms, f.atoms)
-        out.append(fs[0])
+        stacked = torch.stack([f.atoms for f in fs])
+        holes = (stacked < 0).any(0) & (stacked >= 0).any(0)
+        if bool(holes.any()):
+            c.atoms.freeze(stacked[:, holes], f"{c.name}: joined with positions that carry no channel")
+        out.append(Factor((d,), stacked.max(0).values))
     return tuple(out)
 
 
@@ -226,17 +290,47 @@ def chunk(c: Call) -> Multi:
 
 
 def split(c: Call) -> Multi:
-    """``split``/``unbind`` along a channel dim use fixed sizes: those channels are frozen."""
+    """``split``/``unbind`` along a channel dim use fixed sizes: those channels are frozen...
+
+    ...unless the split runs in the forward of a module registered in
+    :data:`fxtaylor.graph.ops.SPLIT_OWNERS`: its sizes are attributes of that module (timm's
+    ``MixedConv2d.splits``, ``Bottle2neck.width``), which its surgery updates. Then each piece
+    carries its own slice of the channels; where the module keeps one size for all pieces,
+    position j of every piece is tied (as for ``chunk``), so the pieces stay equal. The module
+    gets a ``split`` space aliasing the split tensor's channels: pruning them calls its surgery.
+    """
     x = c.args[0]
     name = c.node.target if c.node.op == "call_method" else c.node.target.__name__
     dim = _norm_dim(c.arg(1 if name == "unbind" else 2, "dim", 0), x.dim())
     f = factor_on(c.ann(0), dim)
+    rest = without(c.ann(0), dim)
+    path, typ, owner = _split_owner(c) if name == "split" else (None, None, None)
+    if f is not None and f.single and owner is not None:
+        sizes = [o.shape[dim] for o in c.out]
+        if not owner.equal or len(set(sizes)) == 1:
+            c.atoms.alias(path, "split", CONSUMER, f.atoms, typ.__name__)
+            pieces = torch.split(f.atoms, sizes)
+            if owner.equal:
+                rows = torch.stack(pieces)
+                c.atoms.tie(rows[:1].expand_as(rows), rows)
+            return Multi(rest + (Factor((dim,), p),) for p in pieces)
     if f is not None:
         c.atoms.freeze(f.atoms, f"{c.name}: fixed-size split of a channel dim")
-    rest = without(c.ann(0), dim)
     if name == "unbind":  # the dim disappears
         rest = tuple(Factor(tuple(d - (d > dim) for d in g.dims), g.atoms) for g in rest)
     return Multi(rest for _ in c.out)
+
+
+def _split_owner(c: Call) -> tuple:
+    """(path, class, :class:`~fxtaylor.graph.ops.SplitOwner`) of the module whose forward made
+    this call, when its class is registered; fx records the module stack of every traced call
+    (calls recorded by partial tracing have none: their splits stay frozen)."""
+    stack = c.node.meta.get("nn_module_stack")
+    if not stack:
+        return None, None, None
+    path, typ = list(stack.values())[-1]
+    owner = ops.split_owner_of(typ) if isinstance(typ, type) else None
+    return (path, typ, owner) if owner is not None else (None, None, None)
 
 
 def getitem(c: Call) -> Ann:
@@ -250,8 +344,23 @@ def getitem(c: Call) -> Ann:
     return ()
 
 
+def _fold(c: Call, f: Factor, d: int) -> Factor:
+    """``f`` (over ``d`` and other dims) without ``d``, its atoms along ``d`` tied.
+
+    An op that mixes positions along ``d`` only (a softmax, a sum over that dim) stays exact
+    under pruning when each fibre along ``d`` leaves whole: ResNeSt's ``[B, radix, C/radix]``
+    view ties the radix rows already (a literal-size reshape), so this adds no constraint there.
+    The atoms are then the same units at every index of ``d``: index 0 stands for all.
+    """
+    a = f.atoms.movedim(f.dims.index(d), 0)
+    c.atoms.tie(a[:1].expand_as(a), a)
+    return Factor(tuple(e for e in f.dims if e != d), a[0])
+
+
 def reduce(c: Call) -> Ann:
-    """mean/sum/amax over dims: channels on reduced dims are frozen, the others renumbered."""
+    """mean/sum/amax over dims: channels on reduced dims are frozen (a dead channel still
+    counts in a mean, can be a max), the others renumbered. A factor over a reduced dim and
+    other dims (a radix/path dim) is folded: see :func:`_fold`."""
     x = c.args[0]
     if not isinstance(x, torch.Tensor):
         return ()
@@ -260,18 +369,26 @@ def reduce(c: Call) -> Ann:
     if dims is None:
         dims = list(range(x.dim()))
     dims = {_norm_dim(d, x.dim()) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+    shift = (lambda d: d) if keep else (lambda d: d - sum(r < d for r in dims))
     out = []
     for f in c.ann(0):
+        for d in sorted(set(f.dims) & dims):
+            if len(f.dims) == 1:
+                break
+            f = _fold(c, f, d)
         if set(f.dims) & dims:
             c.atoms.freeze(f.atoms, f"{c.name}: reduces over a channel dim")
             continue
-        shift = (lambda d: d) if keep else (lambda d: d - sum(r < d for r in dims))
         out.append(Factor(tuple(shift(d) for d in f.dims), f.atoms))
     return tuple(out)
 
 
 def along_dim(c: Call) -> Ann:
-    """softmax-like ops mix positions along ``dim``: channels there are frozen, others pass."""
+    """softmax / log_softmax over ``dim``. Channels on other dims pass through. Over a channel
+    dim it is frozen: a dead channel still adds exp(0) to the normaliser of the others, so
+    removing it changes them. Over one dim of a multi-dim factor (SelectiveKernel's and
+    ResNeSt's softmax over paths of ``[B, paths, C]``) the fibres are folded (:func:`_fold`):
+    each softmax then runs within one unit, which leaves whole or not at all."""
     x = c.args[0]
     d = c.arg(1, "dim", None)
     if d is None and c.module is not None:
@@ -281,9 +398,54 @@ def along_dim(c: Call) -> Ann:
         return ()
     d = _norm_dim(d, x.dim())
     f = factor_on(c.ann(0), d)
-    if f is not None:
-        c.atoms.freeze(f.atoms, f"{c.name}: mixes channels along dim {d}")
-    return without(c.ann(0), d)
+    if f is None:
+        return c.ann(0)
+    if f.single:
+        c.atoms.freeze(f.atoms, f"{c.name}: normalises over channels (a dead channel still counts in the sum)")
+        return without(c.ann(0), d)
+    return without(c.ann(0), d) + (_fold(c, f, d),)
+
+
+def matmul(c: Call) -> Ann:
+    """``a @ b`` (``matmul``, ``bmm``) for operands of 2+ dims: ``[..., n, k] @ [..., k, m]``.
+
+    Channels on ``n`` (of ``a``) and ``m`` (of ``b``) pass through to the output's last two
+    dims; batch dims broadcast and tie like an add (GlobalContext pools ``[B, 1, C, HW] @
+    [B, 1, HW, 1]``). Channels on the contracted ``k`` tie with ``b``'s there: the product sums
+    over k like a conv reads its input channels, so a dead (zero) channel adds nothing and
+    removing it from both operands is exact — also when both carry the same channels (``xᵀ x``
+    over channels: each position's term is removed from both at once). Contracting channels
+    against an operand that has none there (a weight, a constant) is frozen: that operand's
+    size cannot follow pruning.
+    """
+    a, b = c.arg(0, "input"), c.arg(1, "other")
+    A, B = (c.ann(i) if len(c.node.args) > i else c.ann(k) for i, k in ((0, "input"), (1, "other")))
+    if not (A or B):
+        return ()
+    if a.dim() < 2 or b.dim() < 2:
+        for ann in (A, B):
+            c.atoms.freeze_ann(ann, f"{c.name}: product with a vector")
+        return ()
+    nd = c.out.dim()
+    ka, kb = a.dim() - 1, b.dim() - 2
+    for f in A + B:
+        if not f.single:
+            c.atoms.freeze(f.atoms, f"{c.name}: multi-dim channel factor")
+    A, B = tuple(f for f in A if f.single), tuple(f for f in B if f.single)
+    fa, fb = factor_on(A, ka), factor_on(B, kb)
+    if fa is not None and fb is not None:
+        c.atoms.tie(fa.atoms, fb.atoms)
+        stacked = torch.stack([fa.atoms, fb.atoms])
+        holes = (stacked < 0).any(0) & (stacked >= 0).any(0)
+        if bool(holes.any()):
+            c.atoms.freeze(stacked[:, holes], f"{c.name}: contracts channels with positions of no channel")
+    elif fa is not None or fb is not None:
+        c.atoms.freeze((fa or fb).atoms, f"{c.name}: contracts channels with a tensor that carries none")
+    out = [Factor((nd - 2,), f.atoms) for f in A if f.dims == (a.dim() - 2,)]
+    out += [Factor((nd - 1,), f.atoms) for f in B if f.dims == (b.dim() - 1,)]
+    batch = [(a.shape[:-2], tuple(f for f in A if f.dims[0] < a.dim() - 2)),
+             (b.shape[:-2], tuple(f for f in B if f.dims[0] < b.dim() - 2))]
+    return tuple(out) + _broadcast_join(c, batch, c.out.shape[:-2])
 
 
 def pad(c: Call) -> Ann:
@@ -456,6 +618,10 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     torch.cat: cat,
     torch.concat: cat,
     torch.concatenate: cat,
+    torch.stack: stack,
+    operator.matmul: matmul,
+    torch.matmul: matmul,
+    torch.bmm: matmul,
     torch.chunk: chunk,
     torch.split: split,
     torch.unbind: split,
@@ -465,6 +631,8 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     torch.amin: reduce,
     F.softmax: along_dim,
     F.log_softmax: along_dim,
+    torch.softmax: along_dim,
+    torch.log_softmax: along_dim,
     F.layer_norm: layernorm,
     # An L2 (any p-norm) normalisation: a dead channel adds 0 to the norm, so removing it leaves
     # the others unchanged (unlike layer norm, whose mean it would shift): channels pass.
@@ -488,7 +656,7 @@ METHOD_RULES: dict[str, Rule] = {
     **{m: elementwise for m in _TIE_METHODS},
     **{m: shape_op for m in (
         "view", "reshape", "flatten", "permute", "transpose", "swapaxes", "swapdims", "t", "unsqueeze", "squeeze",
-        "expand", "expand_as", "movedim", "unflatten", "roll", "flip", "narrow", "repeat",
+        "expand", "expand_as", "view_as", "reshape_as", "movedim", "unflatten", "roll", "flip", "narrow", "repeat",
     )},
     "chunk": chunk,
     "split": split,
@@ -499,6 +667,8 @@ METHOD_RULES: dict[str, Rule] = {
     "amin": reduce,
     "softmax": along_dim,
     "log_softmax": along_dim,
+    "matmul": matmul,
+    "bmm": matmul,
     "size": no_channels,
     "dim": no_channels,
 }

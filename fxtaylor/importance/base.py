@@ -21,7 +21,8 @@ import torch_pruning as tp
 
 from .. import distributed
 from ..cost import CostModel, FlopsCost
-from ..errors import FxTaylorError
+from .. import examples
+from ..errors import ArgumentError, FxTaylorError
 from ..graph import ChannelGraph, ChannelGroup, trace
 from ..graph.atoms import PRODUCER
 
@@ -39,6 +40,22 @@ def normalize(scores: torch.Tensor, how: str | None) -> torch.Tensor:
     return tp.importance.GroupMagnitudeImportance(normalizer=how)._normalize(scores, how)
 
 
+def check_arguments(model: Any, *, normalize: Any, flops_reg: Any, graph: Any, cost: Any) -> None:
+    """A criterion's constructor arguments, before the model is run or traced."""
+    examples.check_model(model)
+    if normalize not in NORMALIZERS:
+        raise ArgumentError(f"normalize must be one of {', '.join(map(repr, NORMALIZERS))}, got {normalize!r}")
+    if isinstance(flops_reg, bool) or not isinstance(flops_reg, (int, float)) or not flops_reg >= 0:
+        raise ArgumentError(f"flops_reg (λ) must be >= 0, got {flops_reg!r}")
+    if graph is not None:
+        if not isinstance(graph, ChannelGraph):
+            raise ArgumentError(f"graph must be a ChannelGraph (fxtaylor.trace), got {type(graph).__name__}")
+        if graph.model is not model:
+            raise ArgumentError("graph was traced from another model: pass the graph of this model (fxtaylor.trace(model, ...))")
+    if cost is not None and not isinstance(cost, CostModel):
+        raise ArgumentError(f"cost must be a cost model (fxtaylor.cost.FlopsCost, LatencyCost), got {type(cost).__name__}")
+
+
 class GraphImportance(tp.importance.Importance):
     """Base of fxtaylor's criteria. Subclasses implement :meth:`unit_scores`."""
 
@@ -53,10 +70,13 @@ class GraphImportance(tp.importance.Importance):
         cost: CostModel | None = None,
         **trace_kwargs: Any,
     ):
-        if normalize not in NORMALIZERS:
-            raise ValueError(f"normalize must be one of {NORMALIZERS}, got {normalize!r}")
-        if not flops_reg >= 0:
-            raise ValueError(f"flops_reg (λ) must be >= 0, got {flops_reg}")
+        check_arguments(model, normalize=normalize, flops_reg=flops_reg, graph=graph, cost=cost)
+        unknown = sorted(set(trace_kwargs) - {"ignored_layers", "leaf_modules"})
+        if unknown:
+            raise ArgumentError(f"unknown argument {unknown[0]!r} (a criterion takes normalize, flops_reg, graph, cost, "
+                                "and for tracing ignored_layers, leaf_modules)")
+        # model(*x), else model(x): decided by running the model once (not again for the graph's own example)
+        example_inputs = examples.resolve(model, example_inputs, graph=graph)
         self.model, self.example_inputs = model, example_inputs
         self.normalize, self.flops_reg = normalize, float(flops_reg)
         self._trace_kwargs = trace_kwargs

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from ..errors import FxTaylorError
+from ..errors import ArgumentError, FxTaylorError
 from ..graph.atoms import PRODUCER
 from .base import GraphImportance
 from .observe import Read, Reads, reads_of
@@ -100,6 +100,8 @@ class ActivationStdImportance(_ActivationStats):
 
 class RandomImportance(GraphImportance):
     def __init__(self, model: nn.Module, example_inputs: Any, *, seed: int = 0, **kwargs: Any):
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ArgumentError(f"seed must be an integer, got {seed!r}")
         self.seed = seed
         super().__init__(model, example_inputs, **kwargs)
 
@@ -117,7 +119,11 @@ class OracleImportance(GraphImportance):
     def __init__(self, model: nn.Module, example_inputs: Any, batches: Iterable, loss_fn: Callable,
                  *, mode: str = "abs", units: torch.Tensor | None = None, **kwargs: Any):
         if mode not in ("abs", "signed"):
-            raise ValueError(f"mode must be 'abs' or 'signed', got {mode!r}")
+            raise ArgumentError(f"mode must be 'abs' or 'signed', got {mode!r}")
+        if not callable(loss_fn):
+            raise ArgumentError(f"loss_fn must be a function loss_fn(output, labels), got {type(loss_fn).__name__}")
+        if isinstance(batches, (str, bytes, torch.Tensor)) or not hasattr(type(batches), "__iter__"):
+            raise ArgumentError(f"batches must be an iterable of (inputs, labels) pairs, got {type(batches).__name__}")
         super().__init__(model, example_inputs, **kwargs)
         self.batches, self.loss_fn, self.mode = list(batches), loss_fn, mode
         self._units = units

@@ -41,7 +41,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from ..errors import FxTaylorError
+from ..errors import ArgumentError, FxTaylorError
 from .base import GraphImportance
 from .observe import Produced, Producer, Read, Reads, _sum_dims, elements_per_position, producers_of, reads_of
 
@@ -65,7 +65,7 @@ class TaylorImportance(GraphImportance):
     def __init__(self, model: nn.Module, example_inputs: Any, *, normalize: str | None = "l2",
                  flops_reg: float = 0.0, loss_reduction: str = "mean", **kwargs: Any):
         if loss_reduction not in ("mean", "sum"):
-            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+            raise ArgumentError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         super().__init__(model, example_inputs, normalize=normalize, flops_reg=flops_reg, **kwargs)
         self.loss_reduction = loss_reduction
         self._plan_cache: tuple | None = None

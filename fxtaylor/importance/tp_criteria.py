@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..errors import ArgumentError
 from ..graph.atoms import PRODUCER
 from .base import GraphImportance
 
@@ -27,6 +28,9 @@ from .base import GraphImportance
 class TorchPruningImportance(GraphImportance):
     def __init__(self, model: nn.Module, example_inputs: Any, tp_importance: tp.importance.Importance, *,
                  needs_grad: bool | None = None, normalize: str | None = None, **kwargs: Any):
+        if not isinstance(tp_importance, tp.importance.Importance):
+            raise ArgumentError(f"tp_importance must be a torch_pruning importance (e.g. tp.importance.GroupTaylorImportance()), "
+                                f"got {type(tp_importance).__name__}")
         super().__init__(model, example_inputs, normalize=normalize, **kwargs)
         self.tp_importance = tp_importance
         self.needs_grad = isinstance(tp_importance, tp.importance.GroupTaylorImportance) if needs_grad is None else needs_grad

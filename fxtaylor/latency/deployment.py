@@ -52,9 +52,20 @@ class Deployment:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
+        if self.device is not None:
+            if not isinstance(self.device, (str, torch.device)):
+                raise FxTaylorError(f"latency device must be a name such as 'cpu' or 'cuda:0', got {type(self.device).__name__} "
+                                    f"{self.device!r}")
+            try:
+                kind = torch.device(self.device).type
+            except (RuntimeError, TypeError):
+                kind = None
+            if kind not in ("cpu", "cuda"):
+                raise FxTaylorError(f"latency device {str(self.device)!r} is unknown: use 'cpu' or 'cuda[:index]'")
+            object.__setattr__(self, "device", str(self.device))
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise FxTaylorError(f"latency dtype {self.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
-        if self.memory_format is not None and self.memory_format not in MEMORY_FORMATS:
+        if self.memory_format is not None and (not isinstance(self.memory_format, str) or self.memory_format not in MEMORY_FORMATS):
             raise FxTaylorError(
                 f"latency memory format {self.memory_format!r} is unknown: use one of {', '.join(MEMORY_FORMATS)}"
             )

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..errors import FxTaylorError, describe
+from ..examples import check_model
 from ..graph import ops
 from ..modes import in_eval
 
@@ -126,6 +128,11 @@ def find(model: nn.Module, x: torch.Tensor, names: set[str] | None) -> tuple[lis
     try:
         with in_eval(model), torch.inference_mode():  # batch-norm statistics must not move
             model(x)
+    except FxTaylorError:
+        raise
+    except Exception as e:  # the example does not fit the model: one line, before anything is timed or written
+        raise FxTaylorError(f"the model cannot run on the example input (inputs of shape {tuple(x.shape)}, "
+                            f"{str(x.dtype).replace('torch.', '')}, on {x.device}): {describe(e)}") from e
     finally:
         for h in handles:
             h.remove()
@@ -217,8 +224,11 @@ def widths(model: nn.Module, example_input: torch.Tensor, names: Iterable[str] |
     reads them: conv in/out_channels, linear in/out_features, and for norm / activation / pool
     (C, C) with C the size of the input's channel dim, seen in one hooked forward pass (the
     input's first sample is enough). ``names``: the modules to read (None: every leaf)."""
-    one = example_input[:1]
-    specs, _ = find(model, one, set(names) if names is not None else None)
+    from .timing import one_tensor
+
+    check_model(model)
+    one = one_tensor(example_input)[:1]
+    specs, _ = find(model, one, _names(names))
     out = {}
     for s in specs:
         m = s.module
@@ -228,4 +238,18 @@ def widths(model: nn.Module, example_input: torch.Tensor, names: Iterable[str] |
             out[s.name] = (m.in_features, m.out_features)
         else:
             out[s.name] = (s.cin0, s.cin0)
+    return out
+
+
+def _names(names: Iterable[str] | None) -> set[str] | None:
+    """``layers`` / ``names``: module names (a list, set, ...), or None for every leaf."""
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)) or not hasattr(type(names), "__iter__"):
+        raise FxTaylorError(f"layers must be a list of module names (or None), got {type(names).__name__} {names!r:.60}: "
+                            "wrap a single name in a list")
+    out = set(names)
+    bad = next((n for n in out if not isinstance(n, str)), None)
+    if bad is not None:
+        raise FxTaylorError(f"layers must be module names (strings), got {type(bad).__name__}")
     return out

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import statistics
 import time
 import warnings
@@ -46,6 +47,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..errors import FxTaylorError
+from ..examples import check_model
 from ..files import atomic_write
 from . import alignment as align
 from . import layers as layers_mod
@@ -143,6 +146,12 @@ class LatencyModel:
         used). ``layers``: names of the modules to model (e.g. ``graph.module_io()``'s); None:
         every leaf module of a modelled type. ``cache_dir``: default
         ``fxtaylor.job.cache_dir() / "latency"``. ``model`` itself is not modified."""
+        check_model(model)
+        timing.check_deployment(deployment)
+        example_input = timing.one_tensor(example_input)
+        layers = layers_mod._names(layers)
+        if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+            raise FxTaylorError(f"cache_dir must be a path (str or os.PathLike) or None, got {type(cache_dir).__name__}")
         start = time.perf_counter()
         dep = deployment.resolved(model)
         if cache_dir is None:
@@ -152,7 +161,7 @@ class LatencyModel:
         root = Path(cache_dir) / dep.key()
         prepared = timing.prepare(model, dep)
         x = timing.batch_like(example_input, dep)
-        specs, skipped = layers_mod.find(prepared, x, set(layers) if layers is not None else None)
+        specs, skipped = layers_mod.find(prepared, x, layers)
         model_path = root / "models" / f"{_model_key(prepared, x, specs)}.json"
 
         tables: dict[str, LayerTable] = {}
@@ -198,9 +207,15 @@ class LatencyModel:
         deployment's device: the saved model whose structure, input shape and layers match is
         assembled from its tables (``layers``: the modelled layer names to match; default: the
         saved model's own). ``deployment`` is the one it was measured for."""
-        from ..errors import FxTaylorError
-
+        if not isinstance(directory, (str, os.PathLike)):
+            raise FxTaylorError(f"directory must be a path (str or os.PathLike), got {type(directory).__name__}")
         root = Path(directory)
+        if not root.is_dir():
+            raise FxTaylorError(f"{root} is {'a file' if root.exists() else 'missing'}: pass the latency cache folder "
+                                "<cache>/latency/<deployment key> copied from the machine that measured it")
+        check_model(model)
+        example_input = timing.one_tensor(example_input)
+        layers = layers_mod._names(layers)
         for f in sorted((root / "models").glob("*.json")):
             saved = _read(f, FORMAT_MODEL, lambda d: d)
             if saved is None:
@@ -210,7 +225,7 @@ class LatencyModel:
             prepared = timing.prepare(model, shapes)
             x = timing.batch_like(example_input.cpu().float(), shapes)
             # the saved layer list (default) reproduces the saved specs exactly when the model matches
-            specs, skipped = layers_mod.find(prepared, x, set(layers) if layers is not None else set(saved["layers"]))
+            specs, skipped = layers_mod.find(prepared, x, layers if layers is not None else set(saved["layers"]))
             if f.stem != _model_key(prepared, x, specs):
                 continue
             tables = {s.key(): _read(root / "tables" / f"{s.key()}.json", FORMAT_TABLE, LayerTable.from_dict) for s in specs}

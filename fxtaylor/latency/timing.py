@@ -16,6 +16,7 @@ timer's microsecond overhead is already below 1 %.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -25,6 +26,8 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 from torch.utils import benchmark
 
+from .. import examples
+from ..errors import FxTaylorError, describe
 from .deployment import Deployment
 
 BLOCK_S = 0.005  # shortest block worth timing: the timer's ~µs overhead stays below 1 %
@@ -75,12 +78,70 @@ def measure(
     (model A, B, C, A, B, C, ...): a machine that gets busier slows every model alike, so their
     ratio stays right. Median over rounds; spread = IQR of the timed blocks.
     """
+    models = check_models(models)
+    check_deployment(deployment)
+    for name, v, least in (("min_run_time", min_run_time, 0.0), ("rounds", rounds, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < least:
+            raise FxTaylorError(f"{name} must be a number ≥ {least:g}, got {v!r}")
     if not models:
         return []
     dep = deployment.resolved(models[0])
     copies = [prepare(m, dep) for m in models]
-    x = batch_like(example_input, dep)
+    x = batch_like(example_for(copies, example_input, dep), dep)
     return time_calls([(m, x) for m in copies], dep, min_run_time=min_run_time, rounds=rounds)
+
+
+def check_models(models: Any) -> list[nn.Module]:
+    """``models``: a list (or tuple) of modules."""
+    if isinstance(models, nn.Module):
+        raise FxTaylorError(f"models must be a list of models, got one {type(models).__name__}: pass [model]")
+    if not isinstance(models, (list, tuple)):
+        raise FxTaylorError(f"models must be a list of models (torch.nn.Module), got {type(models).__name__}")
+    for i, m in enumerate(models):
+        examples.check_model(m, f"models[{i}]")
+    return list(models)
+
+
+def check_deployment(deployment: Any) -> None:
+    if not isinstance(deployment, Deployment):
+        raise FxTaylorError(f"deployment must be a fxtaylor.Deployment (e.g. Deployment(batch_size=1)), got {type(deployment).__name__}")
+
+
+def example_for(copies: Sequence[nn.Module], example: Any, dep: Deployment, what: str = "example_input") -> Any:
+    """The example as timing takes it: a lone tensor (``model(x)``; timed at the deployment's
+    batch size), or a plain tuple of the model's arguments (``model(*args)``), decided by running
+    the first prepared copy on it (:func:`fxtaylor.examples.resolve`: ``model(*inputs)``, else
+    ``model(inputs)``) and checked on the others — copies, so no hook of the models passed in
+    sees these runs. Only shapes matter: the example is first put on the deployment's device and
+    dtype (a tensor: the timed batch). An :class:`~fxtaylor.examples.Args` (an example an entry
+    point decided already) is taken as it is."""
+    if not isinstance(example, examples.Args):
+        examples.check_values(None, example, what, device=False)
+        placed = batch_like(example, dep) if isinstance(example, torch.Tensor) else _on(example, dep)
+        args = examples.resolve(copies[0], placed, what)
+        for i, m in enumerate(copies[1:], 1):
+            try:
+                examples.run(m, args)
+            except Exception as e:
+                raise FxTaylorError(f"models[{i}] cannot run on {what} ({examples.shape_of(example)}), models[0] "
+                                    f"can: {describe(e)}") from e
+        example = args
+    x = examples.single(example)
+    return x if x is not None else tuple(example)
+
+
+def one_tensor(example: Any, what: str = "example_input") -> torch.Tensor:
+    """The one batched input tensor a latency table is measured with (a lone tensor, or the one
+    tensor of a tuple or list of arguments), with finite values."""
+    x = example[0] if isinstance(example, (tuple, list)) and len(example) == 1 else example
+    if not isinstance(x, torch.Tensor):
+        examples.check_values(None, example, what, device=False)  # names what it is, if it holds no tensor
+        raise FxTaylorError(f"{what}: a latency model needs a model whose input is one batched tensor (its tables are "
+                            f"measured at the deployment's batch size), got {examples.shape_of(example)}")
+    examples.check_values(None, x, what, device=False)
+    if x.dim() == 0:
+        raise FxTaylorError(f"{what} must be a batch (its first dimension the batch), got a 0-d tensor")
+    return x
 
 
 def prepare(model: nn.Module, dep: Deployment) -> nn.Module:

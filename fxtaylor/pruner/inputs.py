@@ -10,8 +10,8 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
+from .. import examples
 from ..errors import FxTaylorError, describe as describe_error
-from ..modes import in_eval
 from ..graph import selection
 
 
@@ -67,6 +67,7 @@ def reiterable(loader: Any, what: str) -> None:
 
 def check_model(model: nn.Module) -> None:
     """The model is materialised, on one device, with finite weights."""
+    examples.check_model(model)
     tensors = [(n, t) for n, t in itertools.chain(model.named_parameters(), model.named_buffers())
                if not isinstance(t, nn.parameter.UninitializedTensorMixin)]
     meta = next((n for n, t in tensors if t.is_meta), None)
@@ -105,9 +106,18 @@ def first_batch(loader: Iterable, custom: bool = False) -> tuple[torch.Tensor, A
     return batch[0], batch[1]
 
 
+def example(model: nn.Module, example_inputs: Any, what: str = "example_inputs", graph: Any = None) -> examples.Args:
+    """``example_inputs`` as the model's arguments, decided and checked by running the model on
+    them once (:func:`fxtaylor.examples.resolve`: ``model(*inputs)``, else ``model(inputs)``).
+    ``graph``: a channel graph traced from the same example object — its recorded decision is
+    reused, nothing runs again."""
+    return examples.resolve(model, example_inputs, what, graph=graph)
+
+
 def as_args(example: Any) -> tuple:
-    """``example_inputs`` as the tuple of the model's positional arguments (a lone tensor is
-    one argument; a tuple is the arguments; a list is one argument, e.g. a list of images)."""
+    """``example_inputs`` as the tuple of the model's positional arguments without running the
+    model (a lone tensor is one argument; a tuple is the arguments; a list is one argument).
+    Prefer :func:`example`, which decides by running the model as torch-pruning does."""
     return example if isinstance(example, tuple) else (example,)
 
 
@@ -116,8 +126,7 @@ def run(model: nn.Module, x: Any, what: str, star: bool = False) -> Any:
     model changes (every module's train/eval flag is restored) — or a one-line error naming the
     inputs."""
     try:
-        with in_eval(model), torch.no_grad():
-            return model(*x) if star else model(x)
+        return examples.run(model, tuple(x) if star else (x,))
     except FxTaylorError:
         raise
     except Exception as e:

@@ -216,8 +216,7 @@ def _first_batch(model: nn.Module, train_loader: Iterable, val_loader: Iterable 
         if train_step is None:
             raise FxTaylorError("example_inputs is for models whose batches are not (inputs, labels) tensor pairs: "
                                 "give batch_loss or train_step with it")
-        example = _to(inputs.as_args(example_inputs), measure.device_of(model))
-        inputs.run(model, example, "example_inputs", star=True)
+        example = inputs.example(model, _to(example_inputs, measure.device_of(model)))  # model(*x), else model(x)
         return example, None
     x, y = inputs.first_batch(train_loader, custom=train_step is not None)
     example = x[:1].to(measure.device_of(model))

@@ -31,7 +31,8 @@ import torch.nn as nn
 from .. import distributed, optim
 from ..cost import CostModel, FlopsCost, LatencyCost
 from ..errors import FxTaylorError
-from ..graph import ChannelGraph, trace
+from ..graph import ChannelGraph, selection, trace
+from ..graph.channel_graph import as_selection
 from ..importance import (
     ActivationMeanImportance, ActivationStdImportance, RandomImportance, TaylorImportance, WeightImportance,
 )
@@ -48,6 +49,33 @@ MAPS_FRACTION = 0.01  # default maps per prune: 1 % of the prunable maps (see do
 ATTEMPTS = 5  # cuts measured per latency step before it gives up: sizes ×1, ×1 elsewhere, ×2, ×4, ×8
 MEASURE_S = 0.4  # seconds of timing per model per check
 ROUNDS = 7  # interleaved rounds per check: the ratio's noise comes from their spread
+
+
+def _check(model: Any, *, deployment: Any, cost: Any, optimizer: Any, graph: Any, reference: Any, measure_fn: Any,
+           loss_reduction: Any, state: Any) -> None:
+    """The constructor's arguments, before the model is run, traced or measured."""
+    from ..examples import check_model
+    from ..latency import Deployment
+
+    check_model(model)
+    inputs.check_model(model)  # one device, finite weights
+    if deployment is not None and not isinstance(deployment, Deployment):
+        raise FxTaylorError(f"deployment must be a fxtaylor.Deployment, got {type(deployment).__name__}")
+    if cost is not None and not isinstance(cost, CostModel):
+        raise FxTaylorError(f"cost must be a cost model (fxtaylor.cost.FlopsCost, LatencyCost), got {type(cost).__name__}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise FxTaylorError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if graph is not None and not (isinstance(graph, ChannelGraph) and graph.model is model):
+        raise FxTaylorError("graph must be the ChannelGraph of this model (fxtaylor.trace(model, ...)), got "
+                            + ("the graph of another model" if isinstance(graph, ChannelGraph) else type(graph).__name__))
+    if reference is not None and not isinstance(reference, nn.Module):
+        raise FxTaylorError(f"reference must be the dense model (a torch.nn.Module), got {type(reference).__name__}")
+    if measure_fn is not None and not callable(measure_fn):
+        raise FxTaylorError(f"measure_fn must be a function measure_fn(models) -> [Timing], got {type(measure_fn).__name__}")
+    if loss_reduction not in ("mean", "sum"):
+        raise FxTaylorError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+    if state is not None and not isinstance(state, dict):
+        raise FxTaylorError(f"state must be a dict (Pruner.state_dict()), got {type(state).__name__}")
 
 
 class Pruner:
@@ -89,23 +117,30 @@ class Pruner:
     ):
         from ..latency import Deployment
 
+        _check(model, deployment=deployment, cost=cost, optimizer=optimizer, graph=graph, reference=reference,
+               measure_fn=measure_fn, loss_reduction=loss_reduction, state=state)
         self.target, self.schedule = split_options(target, schedule, options)
         if isinstance(criterion, str) and criterion not in CRITERIA:
             raise FxTaylorError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)} or pass a GraphImportance factory")
-        if not (isinstance(flops_reg, (int, float)) and flops_reg >= 0):
+        if not callable(criterion) and not isinstance(criterion, str):
+            raise FxTaylorError(f"criterion must be a name or a GraphImportance factory, got {type(criterion).__name__}")
+        if isinstance(flops_reg, bool) or not (isinstance(flops_reg, (int, float)) and flops_reg >= 0):
             raise FxTaylorError(f"flops_reg (λ) must be >= 0, got {flops_reg!r}")
         if isinstance(cost, LatencyCost) and not cost.measured_here:
             self.deployment = cost.deployment  # measured elsewhere: not resolvable here
         else:
             self.deployment = (deployment or Deployment()).resolved(model)  # bad dtype/device: fails before anything
-        self.model, self.example, self.optimizer = model, example_inputs, optimizer
-        self.trace_kwargs = {"ignored_layers": list(ignored_layers), "leaf_modules": list(leaf_modules)}
+        self.trace_kwargs = {"ignored_layers": as_selection(ignored_layers, "ignored_layers"),
+                             "leaf_modules": as_selection(leaf_modules, "leaf_modules")}
         if graph is None:
-            # the model must run on the example (tracing checks shapes on meta tensors only)
-            inputs.run(model, inputs.as_args(example_inputs), "example_inputs", star=True)
-            graph = trace(model, example_inputs, **self.trace_kwargs)
-        one = isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 1 and isinstance(example_inputs[0], torch.Tensor)
-        self._x = example_inputs[0] if one else example_inputs  # a tensor, or the model's arguments
+            selection.resolve(model, **self.trace_kwargs)  # names the model has, before it runs
+        # model(*x), else model(x): decided once by running the model (tracing runs on meta tensors
+        # only); every later call (trace, criterion, costs, timing) uses the same arguments
+        example_args = inputs.example(model, example_inputs, graph=graph)
+        self.model, self.example, self.optimizer = model, example_args, optimizer
+        if graph is None:
+            graph = trace(model, example_args, **self.trace_kwargs)
+        self._x = example_args  # measure() times a lone tensor at the deployment's batch size
         self._measure = measure_fn or self._measure_real
         self.progress = progress
         if cost is not None and cost.name != self.target.resource:
@@ -117,7 +152,7 @@ class Pruner:
         else:
             self.cost = FlopsCost()
         if isinstance(self.cost, LatencyCost) and not self.cost.measured_here and measure_fn is None:
-            self.cost.sync(graph, example_inputs)
+            self.cost.sync(graph, example_args)
             self._measure = self.cost.predicted  # the deployment's device is elsewhere: trust its tables
         factory = CRITERIA[criterion] if isinstance(criterion, str) else criterion
         kwargs = {"normalize": normalize, "flops_reg": flops_reg, "graph": graph}
@@ -127,7 +162,9 @@ class Pruner:
             raise FxTaylorError("this criterion factory takes no cost= argument, so λ cannot regularise by latency")
         if factory is TaylorImportance:
             kwargs["loss_reduction"] = loss_reduction
-        self.imp: GraphImportance = factory(model, example_inputs, **kwargs)
+        self.imp: GraphImportance = factory(model, example_args, **kwargs)
+        if cost is None and self.target.resource == "flops" and isinstance(getattr(self.imp, "cost", None), FlopsCost):
+            self.cost = self.imp.cost  # a factory that keeps its own FLOPs model: one count, the one it ranks by
         self.selection = self.schedule.selection_for(self.target)
         self.reference = reference
         self.rejected = 0  # cuts measured slower and not applied, over the run
@@ -249,8 +286,7 @@ class Pruner:
                 banned, coarsen = set(), coarsen * 2
                 continue
             trial = copy.deepcopy(self.imp.graph)  # the copy carries its own model
-            for c in cuts:
-                trial.prune(trial.groups[c.group.index], c.channels)
+            trial.prune_many([(trial.groups[c.group.index], c.channels) for c in cuts])
             ref_t, now_t, trial_t = self._measure([self.reference, self.model, trial.model])
             # ratios within each interleaved round: a machine that gets busier moves all three alike
             now_ms = compare(ref_t, now_t)[0] * self.dense

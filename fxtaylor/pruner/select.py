@@ -44,10 +44,10 @@ class _Queue:
     """One group's removable units, lowest score first, handed out a chunk at a time."""
 
     def __init__(self, g: ChannelGroup, scores: torch.Tensor, r: int):
-        order = torch.sort(scores, stable=True).indices
+        order, least = g.removal_order(scores)
         self.group, self.r = g, r if g.size > r else 1
         self.order, self.scores = order, scores[order]
-        self.end = g.size - -(-g.min_keep // self.r) * self.r  # how many may go, min_keep rounded up
+        self.end = g.size - -(-least // self.r) * self.r  # how many may go, the least kept rounded up
         self.pos = 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -157,7 +157,7 @@ def cut(imp: GraphImportance, target: float, k: int | None = None, tolerance: fl
             break
         for c in cuts:
             removed += c.group.units[c.channels].tolist()
-            optim.prune_keeping_state(imp.graph, c.group, c.channels, optimizer)
+        optim.prune_many_keeping_state(imp.graph, [(c.group, c.channels) for c in cuts], optimizer)
         if len(removed) >= k or cost.sync(imp.graph, imp.example_inputs).total() <= target:
             break
     return removed
@@ -165,18 +165,18 @@ def cut(imp: GraphImportance, target: float, k: int | None = None, tolerance: fl
 
 def predict_after(cost: CostModel, units: torch.Tensor) -> float:
     """The cost model's prediction for its graph with ``units`` (global ids) removed."""
-    L, widths = cost.layers, {}
-    for i, n in enumerate(L.names):
-        di, do = L.delta(i, units)
-        widths[n] = (max(L.cin[i] - di, 0), max(L.cout[i] - do, 0))
+    L = cost.layers
+    widths = {n: (max(ci - di, 0), max(co - do, 0)) for n, ci, co, (di, do) in zip(L.names, L.cin, L.cout, L.deltas(units))}
     return cost.predict(widths)
 
 
 def minimum(imp: GraphImportance, cost: CostModel | None = None) -> float:
     """The predicted resource of the smallest model pruning can reach: every prunable group cut
-    to its ``min_keep`` cheapest units. A lower target cannot be reached."""
+    to its cheapest units that must remain. A lower target cannot be reached."""
     cost = (cost or imp.cost).sync(imp.graph, imp.example_inputs)
     unit_cost = cost.unit_costs()
-    gone = [g.units[torch.argsort(unit_cost[g.units], descending=True, stable=True)[: g.num_prunable]]
-            for g in imp.graph.prunable_groups]
+    gone = []
+    for g in imp.graph.prunable_groups:
+        order, least = g.removal_order(-unit_cost[g.units])
+        gone.append(g.units[order[: g.size - least]])
     return predict_after(cost, torch.cat(gone)) if gone else cost.total()
