@@ -59,7 +59,7 @@ TIMM = ["resnet50d", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny"
 # per family: the input side of the gate (small, where every model of the family still runs)
 SIZES = {"classification": 64, "detection": 128, "segmentation": 64, "video": 32, "optical_flow": 128}
 # models whose architecture fixes or bounds the input side
-SIZE = {"maxvit_t": 224, "inception_v3": 299}  # MaxViT: 7x7 windows at every stage; Inception-v3: its aux head
+SIZE = {"maxvit_t": 224, "inception_v3": 299, "s3d": 112}  # MaxViT: 7x7 windows at every stage; Inception-v3: its aux head; S3D: 16 frames (zoo._clip) for its last pooling
 # models built smaller than their default input (a ViT's image_size is a constructor argument)
 BUILD = {name: {"image_size": side} for name, side in
          [("vit_b_16", 64), ("vit_b_32", 64), ("vit_l_16", 64), ("vit_l_32", 64), ("vit_h_14", 56)]}

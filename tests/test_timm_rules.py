@@ -240,3 +240,24 @@ def test_split_stays_frozen_outside_its_owner():
     graph = fxtaylor.trace(Split().eval(), X)
     assert any("fixed-size split" in r for r in graph.group_of("a.0").frozen)
     assert ops.split_owner_of(timm.layers.MixedConv2d) is not None and ops.split_owner_of(Split) is None
+
+
+class StackOfAList(nn.Module):
+    """``torch.stack`` of a list that is one value in the graph: the model's input (a list of
+    images) and a split's pieces."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d, self.e = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1), nn.Conv2d(2, 6, 1)
+
+    def forward(self, images):
+        x = self.d(self.c(torch.stack(images)))
+        return self.e(torch.stack(x.split(2, 1), 2).sum(2))
+
+
+def test_stack_of_a_list_value_traces_and_stays_exact():
+    model = StackOfAList().eval()
+    x = [torch.randn(3, 16, 16), torch.randn(3, 16, 16)]
+    graph = fxtaylor.trace(model, x)  # was a raw TypeError in the stack rule
+    assert graph.group_of("c").prunable and graph.group_of("d").frozen  # d's channels: a fixed-size split
+    assert_dead_equivalent(model, (x,))

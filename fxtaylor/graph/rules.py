@@ -208,6 +208,13 @@ def _constant_size_dims(c: Call, dims: tuple[int, ...]) -> list[int]:
 def _list_anns(c: Call) -> list[Ann]:
     """Annotations of the tensors of a list argument (``torch.cat``/``torch.stack``)."""
     raws = c.node.args[0] if c.node.args else c.node.kwargs["tensors"]
+    if isinstance(raws, fx.Node):  # the list is one value: a model input, or a split's pieces
+        n = len(c.args[0] if c.args else c.kwargs["tensors"])
+        ann = c.anns.get(raws, ())
+        if isinstance(ann, Multi) and len(ann) == n:
+            return list(ann)
+        c.atoms.freeze_ann(ann, f"{c.name}: a list whose tensors are not traced one by one")
+        return [()] * n
     return [c.anns.get(r, ()) if isinstance(r, fx.Node) else () for r in raws]
 
 
