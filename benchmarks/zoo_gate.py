@@ -51,15 +51,22 @@ MAX_RSS_MIB = 10240  # a worker above this resident memory is killed (its model'
 RECYCLE_MIB = 4096  # a worker above this after a model is replaced (memory the allocator kept)
 CUT = 0.1  # the share of the FLOPs the one pruner step removes (thousands of channels in many groups)
 
-# timm models in the gate (beside every torchvision model): one per architecture family the
-# zoo's timm section covers that torchvision lacks (see docs/zoo.md)
-TIMM = ["resnet50d", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "regnety_008", "rexnet_100",
-        "cspresnet50", "dla34", "hrnet_w18_small"]
+# timm models in the gate (beside every torchvision model): the smallest model of every timm
+# architecture module that is a CNN (benchmarks/timm_models.json, chosen by the zoo runner's
+# --select-timm; 58 in timm 1.0.31), and the zoo's earlier hand-picked list
+TIMM = list(dict.fromkeys(
+    [v["model"] for v in json.loads((ROOT / "benchmarks" / "timm_models.json").read_text())["modules"].values() if v["cnn"]]
+    + ["resnet50d", "efficientnet_b0", "mobilenetv3_large_100", "convnext_tiny", "regnety_008", "rexnet_100",
+       "cspresnet50", "dla34", "hrnet_w18_small"]))
 
 # per family: the input side of the gate (small, where every model of the family still runs)
 SIZES = {"classification": 64, "detection": 128, "segmentation": 64, "video": 32, "optical_flow": 128}
 # models whose architecture fixes or bounds the input side
-SIZE = {"maxvit_t": 224, "inception_v3": 299, "s3d": 112}  # MaxViT: 7x7 windows at every stage; Inception-v3: its aux head; S3D: 16 frames (zoo._clip) for its last pooling
+SIZE = {"maxvit_t": 224, "inception_v3": 299, "s3d": 112,  # MaxViT: 7x7 windows at every stage; Inception-v3:
+        # its aux head; S3D: 16 frames (zoo._clip) for its last pooling; timm: fixed-size attention
+        # (HaloNet, EfficientFormer, Visformer), Inception stems that need more than 64 px
+        "timm/halonet_h1": 256, "timm/efficientformer_l1": 224, "timm/efficientformerv2_s0": 224,
+        "timm/visformer_tiny": 224, "timm/inception_v3": 128, "timm/inception_v4": 128, "timm/inception_resnet_v2": 128}
 # models built smaller than their default input (a ViT's image_size is a constructor argument)
 BUILD = {name: {"image_size": side} for name, side in
          [("vit_b_16", 64), ("vit_b_32", 64), ("vit_l_16", 64), ("vit_l_32", 64), ("vit_h_14", 56)]}
