@@ -114,6 +114,27 @@ def test_prune_rejects_bad_requests_and_leaves_model_intact():
     assert g.size == 8
 
 
+def test_prune_many_checks_every_cut_before_any_and_equals_one_by_one():
+    model = randomize_norms(nn.Sequential(cbr(3, 8), cbr(8, 6), cbr(6, 5), nn.Conv2d(5, 4, 1)))
+    graph = fxtaylor.trace(model, X)
+    g0, g1 = graph.group_of("0.0"), graph.group_of("1.0")
+    before = copy.deepcopy(model.state_dict())
+    for cuts, text in [([(g0, [0, 3]), (g1, list(range(6)))], "must keep at least 1"),
+                       ([(g0, [0]), (graph.group_of("3"), [0])], "frozen"),
+                       ([(g0, [0]), (g0, [1])], "cut twice")]:
+        with pytest.raises(fxtaylor.PruneError, match=text):
+            graph.prune_many(cuts)
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before) and (g0.size, g1.size) == (8, 6)
+    one = copy.deepcopy(model)
+    g_one = fxtaylor.trace(one, X)
+    g_one.prune(g_one.group_of("0.0"), [0, 3])
+    g_one.prune(g_one.group_of("1.0"), [5])
+    graph.prune_many([(g0, [0, 3]), (g1, [5])])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), one.state_dict().values()))
+    assert [g.size for g in graph.groups] == [g.size for g in g_one.groups]
+
+
 def test_graph_stays_valid_across_several_prunes():
     model = randomize_norms(nn.Sequential(cbr(3, 8), cbr(8, 6), cbr(6, 5), nn.Conv2d(5, 4, 1)))
     graph = fxtaylor.trace(model, X)

@@ -261,3 +261,44 @@ def test_stack_of_a_list_value_traces_and_stays_exact():
     graph = fxtaylor.trace(model, x)  # was a raw TypeError in the stack rule
     assert graph.group_of("c").prunable and graph.group_of("d").frozen  # d's channels: a fixed-size split
     assert_dead_equivalent(model, (x,))
+
+
+class PadVarUnfoldPow(nn.Module):
+    """Ops the timm survey found without a rule, each exact where it leaves the channel dim alone:
+    a padding module (NASNet's ZeroPad2d), a variance over space, Tensor.unfold over a spatial
+    dim (HaloNet), pow (PoolFormer-V2, MobileNetV5)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+        self.p, self.b, self.c = nn.ZeroPad2d((1, 0, 1, 0)), nn.Conv2d(8, 6, 3), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        y = self.b(self.p(self.a(x)))
+        v = y.var(dim=(2, 3), keepdim=True)
+        w = y.unfold(2, 3, 1).mean(-1)
+        return self.c(w * (v + 1).pow(0.5) + y[:, :, 2:] ** 2)
+
+
+class OverChannels(nn.Module):
+    """The same ops across the channel dim: no exact removal, so frozen."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(y / y.var(dim=1, keepdim=True) + y.unfold(1, 2, 2).mean(-1).repeat_interleave(2, 1))
+
+
+def test_pad_modules_var_unfold_and_pow_pass_channels_exactly():
+    model = randomize_norms(PadVarUnfoldPow())
+    graph = assert_dead_equivalent(model, X, n_channels=2)
+    assert graph.group_of("a.0").prunable and graph.group_of("b").prunable
+
+
+def test_var_and_unfold_over_the_channel_dim_freeze():
+    graph = fxtaylor.trace(OverChannels().eval(), X)
+    reasons = " ".join(graph.group_of("a").frozen)
+    assert "reduces over a channel dim" in reasons or "sliding windows" in reasons

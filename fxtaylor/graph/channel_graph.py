@@ -167,7 +167,6 @@ class ChannelGraph:
         self.groups = [
             ChannelGroup(i, torch.nonzero(group_of_unit == i).flatten(), _graph=self) for i in range(n_groups)
         ]
-        self._keep_sets(atoms.spaces, _units_of([sp.atoms for sp in atoms.spaces.values()], unit_of_atom), group_of_unit)
         for atoms_frozen, reason in atoms.freezes:
             u = unit_of_atom[atoms_frozen]
             for gi in torch.unique(group_of_unit[u[u >= 0]]).tolist():
@@ -178,6 +177,7 @@ class ChannelGraph:
         self.unit_maps: dict[tuple[str, str], torch.Tensor] = dict(
             zip(atoms.spaces, _units_of([sp.atoms for sp in atoms.spaces.values()], unit_of_atom))
         )
+        self._keep_sets(self.spaces, list(self.unit_maps.values()), group_of_unit)
         self.group_of_unit = group_of_unit
         self._space_index: dict[int, list[tuple[str, str]]] | None = None  # see _spaces_of
         self.node_maps = _feature_map_nodes(prop, unit_of_atom)
@@ -462,8 +462,9 @@ def trace(
     ``example_inputs``: what the model runs on, on its device (batch size 1 is enough): a
     tensor (``model(x)``), or a tuple or list of its arguments — ``model(*inputs)``, or where
     that fails ``model(inputs)`` (a detection model's list of images), as torch-pruning takes
-    them. The model is run on them once to decide (eval mode, no gradients, nothing changed);
-    the decision is ``graph.example_args`` (:mod:`fxtaylor.examples`). ``ignored_layers``:
+    them. A tuple or list is run once to decide (eval mode, no gradients, nothing changed);
+    the decision is ``graph.example_args`` (:mod:`fxtaylor.examples`); a lone tensor is checked
+    on meta tensors while tracing. ``ignored_layers``:
     modules (or their names) whose channels must not change; every group touching them is
     frozen. ``leaf_modules``: module types, names or instances fx should not trace into (e.g.
     ones with data-dependent control flow); their channels are frozen and listed in
@@ -477,7 +478,9 @@ def trace(
     ignored_layers, leaf_modules = as_selection(ignored_layers, "ignored_layers"), as_selection(leaf_modules, "leaf_modules")
     # one resolution for trace() and prune(): containers expanded, leaf types by isinstance
     ignored, leaf_names = selection.resolve(model, ignored_layers, leaf_modules)
-    args = examples.resolve(model, example_inputs, error=TraceError)  # tracing runs on meta tensors: this is the real run
+    # a list or tuple is run once to decide the convention; a lone tensor is checked by the
+    # meta run below (channels, dtypes), which costs a few ms where a real run costs a forward
+    args = examples.resolve(model, example_inputs, error=TraceError, run_tensor=False)
     leaves = tuple(sorted(leaf_names))  # the tracer matches leaves by name
     partial = None
     placeholders: tuple = args

@@ -60,8 +60,12 @@ class OpSpec:
 
 
 def conv_meta_out(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Meta output of a conv (the meta kernel spends ~0.4 ms per call in argument checks)."""
+    """Meta output of a conv (the meta kernel spends ~0.4 ms per call in argument checks); the
+    two checks that matter are kept — channels and dtype — so a wrong example fails the meta
+    run (and the real run that follows names the layer), not the analysis."""
     k, s, d = m.kernel_size, m.stride, m.dilation
+    if x.shape[-len(k) - 1] != m.in_channels or x.dtype != m.weight.dtype:
+        raise RuntimeError(f"input {tuple(x.shape)} {x.dtype} for a conv of {m.in_channels} channels, {m.weight.dtype}")
     spatial = x.shape[-len(k):]
     if m.padding == "same":
         size = list(spatial)
@@ -93,6 +97,10 @@ POOLS = (
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
 )
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+# padding modules (``padding``: two sizes per padded dim, the last dims; NASNet's ZeroPad2d)
+PADS = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+        nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+        nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
 
 
 def _channelwise_parts(m: nn.Module) -> bool:
@@ -152,6 +160,7 @@ SPECS = _Table({
     **{t: OpSpec(rules.passthrough, cost=SINGLE, same_shape=True) for t in ACTIVATIONS},
     **{t: OpSpec(rules.passthrough, same_shape=True) for t in DROPOUTS},
     **{t: OpSpec(rules.passthrough, cost=SINGLE) for t in POOLS},
+    **{t: OpSpec(rules.pad, cost=SINGLE) for t in PADS},
     nn.Conv1d: CONV,
     nn.Conv2d: CONV,
     nn.Conv3d: CONV,

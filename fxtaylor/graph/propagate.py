@@ -122,6 +122,7 @@ class ChannelProp(fx.Interpreter):
 
     def __init__(self, model: nn.Module, graph: fx.Graph, opaque: set[str], meta: bool, atoms: Atoms | None = None):
         super().__init__(model, graph=graph)
+        self.extra_traceback = False  # fx would append its node dump to our one-line TraceError
         self.atoms = atoms if atoms is not None else Atoms()  # shared: two modes' graphs tie alike
         self.anns: dict[fx.Node, Ann] = {}
         # consumer call node -> (input node, dim, atoms read, input shape): the feature maps

@@ -372,7 +372,8 @@ def reduce(c: Call) -> Ann:
     if not isinstance(x, torch.Tensor):
         return ()
     dims = c.arg(1, "dim", None)
-    keep = bool(c.arg(2, "keepdim", False))
+    # kept dims told by the result (var/std also take a positional ``unbiased`` before keepdim)
+    keep = isinstance(c.out, torch.Tensor) and c.out.dim() == x.dim()
     if dims is None:
         dims = list(range(x.dim()))
     dims = {_norm_dim(d, x.dim()) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
@@ -456,13 +457,27 @@ def matmul(c: Call) -> Ann:
 
 
 def pad(c: Call) -> Ann:
-    """``F.pad`` pads the last len(pad)//2 dims: a channel dim among them is frozen."""
+    """``F.pad`` (and the padding modules) pad the last len(pad)//2 dims: a channel dim among
+    them is frozen, the others pass."""
     x = c.args[0]
-    padded = range(x.dim() - len(c.arg(1, "pad")) // 2, x.dim())
+    sizes = c.module.padding if c.module is not None else c.arg(1, "pad")
+    padded = range(x.dim() - len(sizes) // 2, x.dim())
     for f in c.ann(0):
         if set(f.dims) & set(padded):
             c.atoms.freeze(f.atoms, f"{c.name}: pads a channel dim")
     return tuple(f for f in c.ann(0) if not set(f.dims) & set(padded))
+
+
+def unfold(c: Call) -> Ann:
+    """``Tensor.unfold(dim, size, step)``: sliding windows along ``dim`` (HaloNet's blocks), a
+    new last dim holding each window. Channels on other dims pass unchanged; windows over a
+    channel dim have a fixed size: frozen."""
+    x = c.args[0]
+    d = _norm_dim(c.arg(1, "dimension"), x.dim())
+    for f in c.ann(0):
+        if d in f.dims:
+            c.atoms.freeze(f.atoms, f"{c.name}: sliding windows of a fixed size over a channel dim")
+    return tuple(f for f in c.ann(0) if d not in f.dims)
 
 
 def channel_shuffle(c: Call) -> Ann:
@@ -610,7 +625,7 @@ _UNARY_FUNCS = _SAME_SHAPE_FUNCS + (
 _TIE_FUNCS = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
     operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
-    torch.maximum, torch.minimum,
+    torch.maximum, torch.minimum, operator.pow, torch.pow,
 )
 _SHAPE_FUNCS = (
     torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.t, torch.unsqueeze,
@@ -636,6 +651,8 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     torch.sum: reduce,
     torch.amax: reduce,
     torch.amin: reduce,
+    torch.var: reduce,
+    torch.std: reduce,
     F.softmax: along_dim,
     F.log_softmax: along_dim,
     torch.softmax: along_dim,
@@ -654,7 +671,7 @@ _SAME_SHAPE_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "sqrt", "clamp", "clamp_",
     "contiguous", "clone", "detach", "neg",
 )
-_TIE_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")
+_TIE_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow")
 
 METHOD_RULES: dict[str, Rule] = {
     **{m: passthrough for m in _SAME_SHAPE_METHODS + (
@@ -665,6 +682,7 @@ METHOD_RULES: dict[str, Rule] = {
         "view", "reshape", "flatten", "permute", "transpose", "swapaxes", "swapdims", "t", "unsqueeze", "squeeze",
         "expand", "expand_as", "view_as", "reshape_as", "movedim", "unflatten", "roll", "flip", "narrow", "repeat",
     )},
+    "unfold": unfold,
     "chunk": chunk,
     "split": split,
     "unbind": split,
@@ -672,6 +690,8 @@ METHOD_RULES: dict[str, Rule] = {
     "sum": reduce,
     "amax": reduce,
     "amin": reduce,
+    "var": reduce,
+    "std": reduce,
     "softmax": along_dim,
     "log_softmax": along_dim,
     "matmul": matmul,

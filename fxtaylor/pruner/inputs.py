@@ -67,20 +67,12 @@ def reiterable(loader: Any, what: str) -> None:
 
 def check_model(model: nn.Module) -> None:
     """The model is materialised, on one device, with finite weights."""
-    examples.check_model(model)
-    tensors = [(n, t) for n, t in itertools.chain(model.named_parameters(), model.named_buffers())
-               if not isinstance(t, nn.parameter.UninitializedTensorMixin)]
-    meta = next((n for n, t in tensors if t.is_meta), None)
-    if meta is not None:
-        raise FxTaylorError(
-            f"the model's weights are on the meta device (not materialised; first: {meta}): nothing can run on it; "
-            "create it on a real device, or call model.to_empty(device=...) and load its weights first")
-    devices = sorted({str(t.device) for _, t in tensors})
+    examples.check_model(model)  # an nn.Module, no lazy or meta weights
+    devices = sorted({str(t.device) for t in itertools.chain(model.parameters(), model.buffers())})
     if len(devices) > 1:
         raise FxTaylorError(f"the model is spread over several devices ({', '.join(devices)}): fxtaylor prunes a model "
                             "on one device; move it there first (model.to(device))")
-    bad = next((n for n, p in model.named_parameters()
-                if not isinstance(p, nn.parameter.UninitializedTensorMixin) and p.is_floating_point() and not bool(torch.isfinite(p).all())), None)
+    bad = next((n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())), None)
     if bad is not None:
         raise FxTaylorError(f"the model's weights hold NaN or inf (first: {bad}): load finite weights before pruning")
 
