@@ -302,3 +302,23 @@ def test_var_and_unfold_over_the_channel_dim_freeze():
     graph = fxtaylor.trace(OverChannels().eval(), X)
     reasons = " ".join(graph.group_of("a").frozen)
     assert "reduces over a channel dim" in reasons or "sliding windows" in reasons
+
+
+class InterpolatedPosEmbed(nn.Module):
+    """SAM2-Hiera: a channel x 7 x 7 position embedding interpolated to the feature map and added."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.pos = nn.Parameter(torch.randn(1, 8, 7, 7))
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(y + F.interpolate(self.pos, size=y.shape[-2:], mode="bicubic"))
+
+
+def test_a_factor_on_a_resized_dim_is_frozen_not_a_crash():
+    model = InterpolatedPosEmbed().eval()
+    graph = fxtaylor.trace(model, X)  # raised RuntimeError (a 7-atom axis joined at 16) before
+    assert graph.group_of("a").prunable  # the embedding's channel axis follows the conv's channels
+    assert_dead_equivalent(model, X, n_channels=2)

@@ -69,12 +69,22 @@ def _freeze_inputs(c: Call, reason: str) -> None:
 
 
 def passthrough(c: Call) -> Ann:
-    """Same channels in and out (activations, pooling, dropout, dtype/device moves)."""
+    """Same channels in and out (activations, pooling, dropout, dtype/device moves). Pooling
+    and interpolation resize the dims they act on: a factor on such a dim (a position
+    embedding's spatial axes, SAM2-Hiera's) has positions mixed or made anew there: frozen."""
     x = c.args[0] if c.args else None
-    if isinstance(x, torch.Tensor) and isinstance(c.out, torch.Tensor) and x.dim() != c.out.dim():
+    if not (isinstance(x, torch.Tensor) and isinstance(c.out, torch.Tensor)):
+        return c.ann(0)
+    if x.dim() != c.out.dim():
         _freeze_inputs(c, f"{c.name} changed the number of dims")
         return ()
-    return c.ann(0)
+    out = []
+    for f in c.ann(0):
+        if all(x.shape[d] == c.out.shape[d] for d in f.dims):
+            out.append(f)
+        else:
+            c.atoms.freeze(f.atoms, f"{c.name}: resizes a channel dim")
+    return tuple(out)
 
 
 def elementwise(c: Call) -> Ann:
