@@ -219,15 +219,12 @@ def compare(row: dict, want: dict | None) -> tuple[list[str], list[str]]:
         elif row[key] > want[key]:
             gains.append(f"{key} {want[key]} -> {row[key]}")
     moved = [f"{k} {want[k]} -> {row[k]}" for k in ("groups", "frozen") if row[k] != want[k]]
-    (gains if gains or not fails else fails).extend(moved) if moved else None
+    # other counts that moved go with the verdict: beside a loss they are part of it
+    (fails if fails and not gains else gains).extend(moved)
     return fails, gains
 
 
 # -- the workers --------------------------------------------------------------------------------
-
-
-def _rss_mib(pid: int) -> float:
-    return zoo._rss_mib(pid)
 
 
 def _worker(tasks, results) -> None:
@@ -306,7 +303,7 @@ def run(names: list[str], workers: int = WORKERS, timeout: float = TIMEOUT, log=
                     rows[got[0]] = got[1]
                     if log:
                         log(f"{got[0]}: {got[1]['status']} ({got[1].get('seconds', '-')} s) {got[1].get('reason', '')}")
-                    if _rss_mib(s.proc.pid) > RECYCLE_MIB:
+                    if zoo._rss_mib(s.proc.pid) > RECYCLE_MIB:
                         s.stop()
                         slots[i] = s = _Slot(ctx)
                 broke = None
@@ -315,7 +312,7 @@ def run(names: list[str], workers: int = WORKERS, timeout: float = TIMEOUT, log=
                         broke = f"worker died (exit {s.proc.exitcode})"
                     elif time.monotonic() - s.since > timeout:
                         broke = f"did not finish in {timeout:.0f} s"
-                    elif _rss_mib(s.proc.pid) > MAX_RSS_MIB:
+                    elif zoo._rss_mib(s.proc.pid) > MAX_RSS_MIB:
                         broke = f"over {MAX_RSS_MIB / 1024:.0f} GiB resident"
                 if broke:
                     rows[s.name] = {"status": "fail", "reason": f"{broke} ({s.phase})"}

@@ -291,8 +291,7 @@ class Recorder(TorchFunctionMode):
             return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}{_user_line(e)}"
         finally:
             self.paused = False
-        if any(nd.op == "get_attr" and not nd.target.startswith("p.") for nd in graph.nodes) or any(
-                k.startswith("_tensor_constant") for k in vars(wrapper)):
+        if any(nd.op == "get_attr" and not nd.target.startswith("p.") for nd in graph.nodes):  # a _tensor_constant
             return "uses a tensor that is neither an argument, a parameter nor a buffer"
         return graph
 
