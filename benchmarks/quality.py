@@ -106,8 +106,9 @@ def transfer_setting(seed: int, epochs: int) -> tuple[nn.Module, DataLoader, Dat
 # -- one criterion, pruned through the milestones ----------------------------------------------
 
 
-def recover(model: nn.Module, loader: DataLoader, updates: int) -> None:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+def recover(model: nn.Module, loader: DataLoader, updates: int, lr: float = 1e-3) -> None:
+    """``updates`` SGD updates (momentum 0.9, weight decay 1e-4: the paper's) at ``lr``."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     model.train()
     it = iter(loader)
     for _ in range(updates):

@@ -137,7 +137,15 @@ def gate_row(name: str, seed: int = 0) -> dict:
     def done(reason: str = "") -> dict:
         return {**row, "status": "fail" if reason else "pass", "reason": reason, "seconds": round(time.perf_counter() - t0, 1)}
 
+    if any(g.inexact for g in graph.groups):  # what the opt-in (exact=False) would open
+        zoo._phase("tracing with exact=False")
+        from fxtaylor.cost import FlopsCost
+
+        loose = fxtaylor.trace(model, x, exact=False)
+        row["reachable_inexact"] = round(FlopsCost().sync(loose, x).reachable(), 4)
+        row["inexact_groups"] = sum(1 for g in loose.prunable_groups if g.inexact)
     if not prunable:
+        row["reachable"] = 0.0
         return done()
     dead, failed = zoo.dead_channel_tests(model, x, fam, zoo._fx_kill,
                                           [(g.members[0].name, g.index, g.size, g.num_prunable) for g in prunable])
@@ -335,9 +343,43 @@ def write(rows: dict[str, dict]) -> None:
     bad = {n: r.get("reason") for n, r in rows.items() if r.get("status") != "pass"}
     if bad:
         raise SystemExit(f"not written: {len(bad)} model(s) fail the gate: {bad}")
-    table = {n: {k: rows[n][k] for k in KEYS} | {"seconds": rows[n]["seconds"]} for n in sorted(rows)}
+    shown = KEYS + ("reachable", "reachable_inexact", "inexact_groups", "seconds")  # the last four: not compared
+    table = {n: {k: rows[n][k] for k in shown if k in rows[n]} for n in sorted(rows)}
     TABLE.write_text(json.dumps({"generated_by": "python benchmarks/zoo_gate.py --write",
                                  "models": table}, indent=1, sort_keys=False) + "\n")
+    write_doc(table)
+
+
+def write_doc(table: dict[str, dict]) -> None:
+    """Rewrite docs/zoo.md's reachable-share block from the gate's table."""
+    doc = ROOT / "docs" / "zoo.md"
+    text = doc.read_text()
+    start, end = text.index(REACH_START), text.index(REACH_END)
+    doc.write_text(text[:start] + REACH_START + "\n" + reachable_table(table) + text[end:])
+
+
+REACH_START, REACH_END = "<!-- reachable share: start -->", "<!-- reachable share: end -->"
+
+
+def reachable_table(table: dict[str, dict]) -> str:
+    """docs/zoo.md's reachable-share table: every gate model where the opt-in opens channel
+    groups tied through a normaliser's statistics, with the FLOPs share pruning can remove exactly
+    and with the opt-in."""
+    has = [n for n, r in table.items() if "reachable_inexact" in r]
+    rows = [(n, table[n]) for n in has if table[n]["inexact_groups"]]
+    lines = ["| model | prunable groups (exact) | + with `exact=False` | reachable FLOPs, exact | with `exact=False` |",
+             "|---|---:|---:|---:|---:|"]
+    for n, r in rows:
+        lines.append(f"| {n} | {r['prunable_groups']} | +{r['inexact_groups']} | {r.get('reachable', 0):.1%} | "
+                     f"{r['reachable_inexact']:.1%} |")
+    exact = [r.get("reachable", 0) for _, r in table.items()]
+    lines.append("")
+    lines.append(f"{len(has)} of {len(table)} gate models have such channels; in the {len(has) - len(rows)} not listed "
+                 "every group holding them is frozen for another reason too, so the opt-in opens nothing there. Over all "
+                 f"{len(table)}, the median "
+                 f"reachable FLOPs share (exact) is {sorted(exact)[len(exact) // 2]:.1%}. Written by "
+                 "`python benchmarks/zoo_gate.py --write` from the gate's own inputs (docs/zoo.md, \"The gate\").")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--flops-per-prune", type=_fraction, help="instead: remove this fraction of the original FLOPs (or latency) per step")
     p.add_argument("--round-to", type=_positive_int,
                    help="keep channel counts multiples of this [1 for FLOPs; for latency, the multiple the measured tables prefer]")
+    p.add_argument("--inexact", dest="exact", action="store_false",
+                   help="also prune channels tied through a normaliser's statistics (ConvNeXt's layer norms, NFNets); not exact, docs/graph.md")
     p.add_argument("--criterion", default="taylor", choices=["taylor", "weight", "activation_mean", "activation_std", "random"],
                    help="how maps are ranked [taylor, the paper's]; the others are baselines")
     p.add_argument("--lr", type=_non_negative, help="SGD learning rate while pruning [1e-4 (paper); 1e-3 on digits]")
@@ -123,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     p.add_argument("--model", default="resnet18", help="torchvision (or timm) classification model name")
     p.add_argument("--input-size", type=_positive_int, default=224, help="side of the example image")
+    p.add_argument("--inexact", dest="exact", action="store_false",
+                   help="show the groups as `prune --inexact` prunes them (normalisers' channels too)")
+    p.add_argument("--latency-table", metavar="DIR",
+                   help="a latency table saved by LatencyModel.save: also print the share of latency that pruning can remove")
     p.set_defaults(func=inspect)
 
     p = parser.commands["report"] = sub.add_parser("report", help="summary and plots of a finished run")
@@ -207,6 +213,7 @@ def _prune(args: argparse.Namespace) -> int:
             flops_per_prune=args.flops_per_prune, criterion=args.criterion, round_to=args.round_to, selection=args.selection,
             flops_reg=args.flops_reg, min_accuracy=args.min_accuracy, final_updates=args.final_updates,
             checkpoint_dir=out, resume=args.resume, seed=args.seed, arch=work.arch, progress=args.progress, on_start=on_start,
+            exact=args.exact,
         )
     except BaseException as e:
         if main and started and not args.resume and not (out / CHECKPOINT).exists():
@@ -364,13 +371,14 @@ def inspect(args: argparse.Namespace) -> int:
     model = models.build_named(args.model)[0].eval()
     x = torch.randn(1, 3, args.input_size, args.input_size)
     run(model, x, f"a {args.input_size}×{args.input_size} image (--input-size)")  # one line if too small
-    graph = trace(model, x)
+    graph = trace(model, x, exact=args.exact)
     flops = FlopsCost().sync(graph, x)
     total, cost = flops.total(), flops.unit_costs()
     rows = []
     for g in graph.groups:
         producers = [m.name for m in g.members if m.kind == PRODUCER]
-        state = "prunable" if g.prunable else ("frozen: " + g.frozen[0] if g.frozen else "at minimum")
+        state = ("prunable" + (" (inexact)" if g.inexact else "") if g.prunable
+                 else ("frozen: " + g.frozen[0] if g.frozen else "at minimum"))
         shown = ", ".join(producers[:3]) + (f" (+{len(producers) - 3})" if len(producers) > 3 else "")
         per = float(cost[g.units].mean()) / total if g.size else 0.0
         rows.append((str(g.index), str(g.size), str(g.width), f"{per:.3%}", str(len(g.members)), shown, state))
@@ -386,11 +394,37 @@ def inspect(args: argparse.Namespace) -> int:
         f"{sum(g.num_prunable for g in prunable)} removable channels; {total / 1e9:.3f} GFLOPs at "
         f"{args.input_size}×{args.input_size} (FLOPs/ch: share of them one channel of the group costs)"
     )
+    print(_reachable(model, x, graph, flops, args))
     if len(graph.modes) > 1:
         print("traced in eval and train mode (the graphs differ): groups are their union")
     if graph.partial is not None:
         print(graph.partial.describe())
     return 0
+
+
+def _reachable(model: torch.nn.Module, x: torch.Tensor, graph, flops, args: argparse.Namespace) -> str:
+    """What pruning can remove of the FLOPs (and of the latency, with --latency-table), exact
+    and with --inexact: the share the prunable groups carry. A target below it is refused."""
+    from .cost import FlopsCost, LatencyCost
+    from .graph import trace
+
+    other = trace(model, x, exact=not args.exact)
+    exact, inexact = (graph, other) if args.exact else (other, graph)
+    shares = {"FLOPs": [flops.reachable(), FlopsCost().sync(other, x).reachable()]}
+    if args.latency_table:
+        from .latency import LatencyModel
+
+        table = LatencyModel.load(args.latency_table, model, x)
+        shares["latency (predicted)"] = [LatencyCost(table=table).sync(g, x).reachable() for g in (graph, other)]
+    if not args.exact:
+        shares = {k: v[::-1] for k, v in shares.items()}
+    parts = [f"{v[0]:.1%} of the {k}" for k, v in shares.items()]
+    line = "reachable: pruning can remove " + " and ".join(parts) + " exactly"
+    if any(g.inexact for g in inexact.groups):
+        line += "; with --inexact, " + " and ".join(f"{v[1]:.1%}" for v in shares.values())
+    else:
+        line += " (--inexact opens nothing here)"
+    return line + f" (a target below 1 − reachable is refused)"
 
 
 def main(argv: list[str] | None = None) -> int:

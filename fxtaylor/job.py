@@ -82,7 +82,9 @@ def _digits(args) -> Job:
     val = DataLoader(datasets.digits("test", size=size, channels=3), batch_size=256)
     desc = f"digits (scikit-learn, {len(train.dataset)} train / {len(val.dataset)} test, {size}×{size})"
     epochs = 8 if args.finetune_epochs is None else args.finetune_epochs
-    key = f"digits{size}-{args.model}-e{epochs}-b{args.batch_size}-s{args.seed}-torch{torch.__version__.split('+')[0]}.pt"
+    # every setting of that training is in the key (a run at another --finetune-lr reused another's model)
+    key = (f"digits{size}-{args.model}-e{epochs}-lr{args.finetune_lr:g}-b{args.batch_size}-s{args.seed}"
+           f"-torch{torch.__version__.split('+')[0]}.pt")
     cached = cache_dir() / key
     if args.weights is None and cached.is_file():
         model, arch = saving.load_with_arch(cached)

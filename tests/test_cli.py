@@ -78,6 +78,10 @@ def test_embedded_default_trains_once_then_uses_the_cache(tmp_path, capsys, monk
     assert "trained model from cache" in capsys.readouterr().err
     r1, r2 = (json.loads((tmp_path / r / "report.json").read_text()) for r in ("r1", "r2"))
     assert r1["before"]["accuracy"] == r2["before"]["accuracy"]  # the same trained model
+    # another training setting is another model (the key missed --finetune-lr, issue 19's study)
+    assert main([*args, "--finetune-lr", "0.01", "--out", str(tmp_path / "r3")]) == 0
+    assert "trained model from cache" not in capsys.readouterr().err
+    assert len(list((tmp_path / "cache").glob("digits32-resnet18-e1-*.pt"))) == 2
     assert [h["flops"] for h in r1["history"]] == [h["flops"] for h in r2["history"]]  # same seed, same run
 
 

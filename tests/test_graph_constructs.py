@@ -12,6 +12,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import SqueezeExcitation
 
 import fxtaylor
+from fxtaylor.graph.check import dead_channel_diff
 from deadcheck import assert_dead_equivalent, randomize_norms
 
 
@@ -304,9 +305,10 @@ class ChannelsLast(nn.Module):
 
     def forward(self, x):
         y = self.a(x).permute(0, 2, 3, 1)
-        y = F.layer_norm(y, (6,), self.ln.weight, self.ln.bias) if self.functional else self.ln(y)
+        y = F.layer_norm(y, self.ln.normalized_shape, self.ln.weight, self.ln.bias) if self.functional else self.ln(y)
         y = self.b(y.permute(0, 3, 1, 2)).flatten(2)  # [N, 5, 256]
-        return self.fc(self.c(self.ln_len(y)).mean(2))
+        # relu: the mean over space of a norm over space alone would be constant, hiding any change
+        return self.fc(self.c(self.ln_len(y)).relu().mean(2))
 
 
 @pytest.mark.parametrize("functional", [False, True])
@@ -314,7 +316,7 @@ def test_layer_norm_freezes_the_channels_it_normalises(functional):
     model = randomize_norms(ChannelsLast(functional))
     graph = fxtaylor.trace(model, X)
     g = graph.group_of("a")
-    assert not g.prunable and any("layer norm over these channels" in r for r in g.frozen), g.frozen
+    assert not g.prunable and any("layer norm over channels" in r for r in g.frozen), g.frozen
     # why: a dead channel still enters the mean and variance of the kept ones, so pruning it
     # moves the output; torch-pruning prunes it anyway
     y = torch.randn(2, 6)
@@ -324,6 +326,12 @@ def test_layer_norm_freezes_the_channels_it_normalises(functional):
     # channels on a dim the norm does not cover pass through it and stay prunable
     assert graph.group_of("b").prunable
     assert_dead_equivalent(model, X)
+    # the opt-in prunes them (the affine parameters follow), and the removal is not exact
+    loose = fxtaylor.trace(model, X, exact=False)
+    g = loose.group_of("a")
+    assert g.prunable and g.inexact
+    diff, same = dead_channel_diff(model, X, g.index, [0, 3], relative=True, exact=False)
+    assert same and diff > 1e-4
 
 
 def test_swapaxes_is_followed_like_transpose():

@@ -79,7 +79,8 @@ class ChannelSoftmax(nn.Module):
 
 def test_softmax_over_channels_stays_frozen_over_space_passes():
     graph = fxtaylor.trace(ChannelSoftmax(1).eval(), X)
-    assert any("normalises over channels" in r for r in graph.group_of("a.0").frozen)
+    assert any("softmax over channels" in r for r in graph.group_of("a.0").frozen)
+    assert fxtaylor.trace(ChannelSoftmax(1).eval(), X, exact=False).group_of("a.0").prunable  # the opt-in
     model = randomize_norms(ChannelSoftmax(-1))
     graph = assert_dead_equivalent(model, X)
     assert graph.group_of("a.0").prunable

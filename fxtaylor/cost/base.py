@@ -173,6 +173,29 @@ class CostModel(ABC):
         """The resource of the model as it is now, as this model knows it."""
         return self.predict()
 
+    def predict_after(self, units: torch.Tensor) -> float:
+        """The resource of the graph with ``units`` (global unit ids) removed."""
+        L = self.layers
+        widths = {n: (max(ci - di, 0), max(co - do, 0)) for n, ci, co, (di, do) in zip(L.names, L.cin, L.cout, L.deltas(units))}
+        return self.predict(widths)
+
+    def least(self) -> float:
+        """The resource of the smallest model pruning can reach: every prunable group cut to
+        the cheapest units that must remain. A lower target cannot be reached."""
+        unit_cost = self.unit_costs()
+        gone = []
+        for g in self.layers.graph.prunable_groups:
+            order, least = g.removal_order(-unit_cost[g.units])
+            gone.append(g.units[order[: g.size - least]])
+        return self.predict_after(torch.cat(gone)) if gone else self.total()
+
+    def reachable(self) -> float:
+        """The share of the resource channel pruning can remove (``1 − least / total``): what
+        the prunable groups carry. ``fxtaylor inspect`` prints it; a target below
+        ``1 − reachable`` is refused up front."""
+        total = self.total()
+        return 1 - self.least() / total if total > 0 else 0.0
+
     def saving(self, layer_deltas: dict[int, tuple[int, int]]) -> float:
         """What removing channels saves: ``layer_deltas`` maps layer index -> (lost in, lost out)."""
         L, s = self.layers, 0.0

@@ -79,6 +79,10 @@ class Atoms:
     spaces: dict[tuple[str, str], Space] = field(default_factory=dict)
     ties: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     freezes: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+    # atoms removable only inexactly (see :meth:`relax`): frozen unless the graph is not exact
+    inexact: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+    # (atoms, n): at least n units of these atoms must remain (a 1×1 standardised conv needs 2 inputs)
+    at_least: list[tuple[torch.Tensor, int]] = field(default_factory=list)
     n: int = 0
 
     def space(self, name: str, role: str, kind: str, size: int, module_type: str = "") -> Space:
@@ -129,6 +133,18 @@ class Atoms:
         flat = flat[flat >= 0]
         if flat.numel():
             self.freezes.append((flat, reason))
+
+    def relax(self, atoms: torch.Tensor, reason: str) -> None:
+        """These atoms pass through an op whose statistics span them (a layer norm over
+        channels, a softmax over them, weight standardisation): no removal is exact, since a
+        dead channel still moves the others. Frozen in an exact graph (the default);
+        ``trace(..., exact=False)`` prunes them anyway, as torch-pruning does, and names the
+        reason in ``group.inexact``. A rule that relaxes must still tie and pass the channels
+        as if they were prunable, so both modes share one set of groups."""
+        flat = atoms.reshape(-1)
+        flat = flat[flat >= 0]
+        if flat.numel():
+            self.inexact.append((flat, reason))
 
     def freeze_ann(self, ann: Ann, reason: str) -> None:
         for f in ann:

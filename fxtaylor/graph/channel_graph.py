@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .. import examples
 from ..errors import FxTaylorError, PruneError, TraceError
-from . import propagate, record, rules, selection, surgery
+from . import ops, propagate, record, rules, selection, surgery
 from .atoms import CONSUMER, PARAM, PRODUCER, Atoms, Space
 
 
@@ -72,6 +72,9 @@ class ChannelGroup:
     index: int
     units: torch.Tensor  # global unit ids, ascending; group-local channel k = units[k]
     frozen: list[str] = field(default_factory=list)  # why it cannot be pruned; empty = prunable
+    # why removing its channels is not exact (a normaliser spans them): in an exact graph these
+    # reasons are in ``frozen`` too; with ``trace(..., exact=False)`` the group prunes anyway
+    inexact: list[str] = field(default_factory=list)
     min_keep: int = 1  # units that must remain
     # unit sets of which one must remain each: the channels one layer reads of this group, where
     # it reads only part of it (a piece of timm's MixedConv2d split feeds its own conv)
@@ -139,15 +142,18 @@ class ChannelGroup:
 
     def __repr__(self) -> str:
         prod = [m.name for m in self.members if m.kind == PRODUCER]
-        state = "prunable" if self.prunable else ("frozen: " + "; ".join(self.frozen[:2]) if self.frozen else "at minimum")
+        state = ("prunable" + (" (inexact)" if self.inexact else "") if self.prunable
+                 else ("frozen: " + "; ".join(self.frozen[:2]) if self.frozen else "at minimum"))
         return f"ChannelGroup({self.index}, size={self.size}, producers={prod[:4]}{'...' if len(prod) > 4 else ''}, {state})"
 
 
 class ChannelGraph:
     """Channel groups of a model, built by :func:`trace`; prunes the model through them."""
 
-    def __init__(self, model: nn.Module, fx_graph: fx.Graph, prop: propagate.ChannelProp, ignored: set[str], opaque: set[str]):
+    def __init__(self, model: nn.Module, fx_graph: fx.Graph, prop: propagate.ChannelProp, ignored: set[str], opaque: set[str],
+                 exact: bool = True):
         self.model = model
+        self.exact = exact  # False: groups tied through a normaliser's statistics prune too (inexactly)
         self.fx_graph = fx_graph
         self.partial: record.Partial | None = None  # set when the model was traced in parts
         self.modes: tuple[str, ...] = ("eval",)  # modes whose graphs were joined
@@ -167,11 +173,19 @@ class ChannelGraph:
         self.groups = [
             ChannelGroup(i, torch.nonzero(group_of_unit == i).flatten(), _graph=self) for i in range(n_groups)
         ]
-        for atoms_frozen, reason in atoms.freezes:
+        hard = [(a, r, "frozen") for a, r in atoms.freezes]
+        soft = [(a, r, "inexact") for a, r in atoms.inexact]
+        for atoms_frozen, reason, kind in hard + soft:
             u = unit_of_atom[atoms_frozen]
             for gi in torch.unique(group_of_unit[u[u >= 0]]).tolist():
-                if reason not in self.groups[gi].frozen:
-                    self.groups[gi].frozen.append(reason)
+                g = self.groups[gi]
+                for reasons in ([g.frozen] if kind == "frozen" else [g.inexact] + ([g.frozen] if exact else [])):
+                    if reason not in reasons:
+                        reasons.append(reason)
+        for atoms_kept, n in atoms.at_least:
+            u = unit_of_atom[atoms_kept]
+            for gi in torch.unique(group_of_unit[u[u >= 0]]).tolist():
+                self.groups[gi].min_keep = max(self.groups[gi].min_keep, n)
         # Per-space unit maps: the only state pruning has to keep in sync with the model.
         self.spaces: dict[tuple[str, str], Space] = atoms.spaces
         self.unit_maps: dict[tuple[str, str], torch.Tensor] = dict(
@@ -349,8 +363,8 @@ class ChannelGraph:
 
 
 _WIDTH_ATTRS = {"out": ("out_channels", "out_features", "embedding_dim"), "in": ("in_channels", "in_features"),
-                "norm": ("num_features", "num_parameters")}
-_KINDS: dict[type, str] = {}  # module class -> "dense" (conv, linear), "embedding" or "other"
+                "norm": ("num_features", "num_parameters", "num_channels")}
+_KINDS: dict[type, tuple[str, int, int]] = {}  # class -> ("dense" | "embedding" | "other", weight's out axis, in axis)
 
 
 def _widths(model: nn.Module, modules: dict[str, nn.Module], name: str, role: str, kind: str) -> list[int] | None:
@@ -370,23 +384,27 @@ def _widths(model: nn.Module, modules: dict[str, nn.Module], name: str, role: st
     if m is None:
         return None
     cls = type(m)
-    mk = _KINDS.get(cls)
-    if mk is None:
+    found = _KINDS.get(cls)
+    if found is None:
+        spec = ops.spec_of(m)  # the weight's axes come from the op spec (a transposed conv's are swapped)
+        axes = (spec.out_axis, spec.in_axis) if spec is not None else (0, 1)
         dense = issubclass(cls, (nn.Linear, nn.modules.conv._ConvNd))
-        mk = _KINDS[cls] = "dense" if dense else "embedding" if issubclass(cls, nn.Embedding) else "other"
+        found = _KINDS[cls] = ("dense" if dense else "embedding" if issubclass(cls, nn.Embedding) else "other", *axes)
+    mk, out_axis, in_axis = found
     attrs, params = m.__dict__, m._parameters
     out = [v for v in (attrs.get(a) for a in _WIDTH_ATTRS.get(role, ())) if type(v) is int]
     w = params.get("weight")
-    if mk == "dense" and not attrs.get("transposed", False) and w is not None and w.dim() >= 2:
-        if role == "out":
-            out.append(w.shape[0])
+    if mk == "dense" and w is not None and w.dim() >= 2:
+        groups = attrs.get("groups", 1)
+        if role == "out":  # the grouped axis holds a group's width: times the groups
+            out.append(w.shape[out_axis] * (groups if out_axis == 1 else 1))
             b = params.get("bias")
             if b is not None:
                 out.append(b.shape[0])
         elif role == "in":
-            out.append(w.shape[1] * attrs.get("groups", 1))
+            out.append(w.shape[in_axis] * (groups if in_axis == 1 else 1))
     elif mk == "embedding" and role == "out" and w is not None and w.dim() == 2:
-        out.append(w.shape[1])
+        out.append(w.shape[out_axis])
     elif role == "norm":
         bufs = m._buffers
         for t in (w, params.get("bias"), bufs.get("running_mean"), bufs.get("running_var")):
@@ -456,6 +474,7 @@ def trace(
     *,
     ignored_layers: Iterable[nn.Module | str] = (),
     leaf_modules: Iterable[type | str | nn.Module] = (),
+    exact: bool = True,
 ) -> ChannelGraph:
     """Build the :class:`ChannelGraph` of ``model``.
 
@@ -468,13 +487,20 @@ def trace(
     modules (or their names) whose channels must not change; every group touching them is
     frozen. ``leaf_modules``: module types, names or instances fx should not trace into (e.g.
     ones with data-dependent control flow); their channels are frozen and listed in
-    ``graph.opaque``.
+    ``graph.opaque``. ``exact=False``: also prune channels tied through a normaliser whose
+    statistics span them (a layer norm over channels as in ConvNeXt, ConvNeXt-V2's global
+    response norm, a softmax over channels, weight-standardised convs' inputs). No removal of
+    those is exact — a dead channel still moves the others' statistics — so they are frozen by
+    default; the groups this opens list why in ``group.inexact`` (docs/graph.md, "Exact and
+    inexact").
 
     The model is traced in eval and in train mode; where the graphs differ (auxiliary heads),
     the groups are their union (``graph.modes``). A model fx cannot trace whole is traced in
     parts, the code between them recorded op by op (``graph.partial``; docs/graph.md).
     """
     examples.check_model(model)
+    if not isinstance(exact, bool):
+        raise FxTaylorError(f"exact must be True or False, got {exact!r}")
     ignored_layers, leaf_modules = as_selection(ignored_layers, "ignored_layers"), as_selection(leaf_modules, "leaf_modules")
     # one resolution for trace() and prune(): containers expanded, leaf types by isinstance
     ignored, leaf_names = selection.resolve(model, ignored_layers, leaf_modules)
@@ -493,7 +519,7 @@ def trace(
         train_graph = None  # recorded in eval mode only
         opaque = {n.target for n in fx_graph.nodes if n.op == "call_module" and n.target in leaf_names}
     prop = propagate.run(model, fx_graph, placeholders, opaque, train_graph)
-    graph = ChannelGraph(model, fx_graph, prop, ignored, opaque)
+    graph = ChannelGraph(model, fx_graph, prop, ignored, opaque, exact)
     graph.partial = partial
     graph.modes = ("eval", "train") if train_graph is not None else ("eval",)
     graph.example_args, graph.given_example = args, example_inputs

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from .atoms import NORM, PARAM, PRODUCER
+from . import ops
 from .channel_graph import ChannelGroup, trace
 
 
@@ -31,10 +32,24 @@ def kill_channels(model: nn.Module, group: ChannelGroup, channels: Sequence[int]
             if m.kind not in (PRODUCER, NORM):
                 continue
             mod = model.get_submodule(m.name)
-            axis = 1 if isinstance(mod, nn.Embedding) else 0
-            for p in (getattr(mod, "weight", None), getattr(mod, "bias", None)):
-                if isinstance(p, torch.Tensor) and p.dim() > axis:
-                    p.index_fill_(axis, pos.to(p.device), 0)
+            spec = ops.spec_of(mod)
+            axis = spec.out_axis if spec is not None and m.kind == PRODUCER else 0
+            for p, dim in ((getattr(mod, "weight", None), axis), (getattr(mod, "bias", None), 0)):
+                if isinstance(p, torch.Tensor) and p.dim() > dim:
+                    _zero(p, dim, pos.to(p.device), mod)
+
+
+def _zero(p: torch.Tensor, axis: int, pos: torch.Tensor, mod: nn.Module) -> None:
+    """Zero positions ``pos`` of ``p`` along ``axis``. A grouped transposed conv's weight is
+    [in, out/groups, ...]: output channel o is column o % (out/groups) of group o // (out/groups)'s rows."""
+    groups = getattr(mod, "groups", 1)
+    if axis == 1 and getattr(mod, "transposed", False) and groups > 1 and p is getattr(mod, "weight", None):
+        per = p.shape[1]
+        view = p.view(groups, p.shape[0] // groups, *p.shape[1:])
+        for o in pos.tolist():
+            view[o // per, :, o % per] = 0
+        return
+    p.index_fill_(axis, pos, 0)
 
 
 def dead_channel_diff(model: nn.Module, example_inputs: Any, group_index: int, channels: Sequence[int], *,

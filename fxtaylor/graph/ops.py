@@ -15,7 +15,15 @@ adding a row to :data:`SPECS`. A row says everything the rest of fxtaylor asks a
 - ``widths``: its (input, output) channel counts, for modules that have both (conv, linear);
 - ``same_shape``: its output has its input's shape (shape-only runs skip executing it);
 - ``meta_out``: a fast shape function for shape-only runs (a conv's meta kernel is slow);
-- ``when``: a check on the instance; the row applies only where it holds.
+- ``when``: a check on the instance; the row applies only where it holds;
+- ``out_axis`` / ``in_axis``: the dims of its ``weight`` that hold its output and input
+  channels — 0 and 1 for a conv or linear, 1 and 0 for a transposed conv (weight
+  ``[in, out/groups, ...]``), 1 for an embedding's output (``[num, dim]``). Zeroing a channel
+  (the dead-channel test), the weight criterion and the width checks read them here;
+- ``out_dim``: the dim of its output that carries its output channels (1 for a batched conv,
+  the last for a linear), where the Taylor criterion finds a producer's maps;
+- ``weight``: for a module whose ``forward`` transforms its stored weight before using it
+  (weight standardisation), the weight it really applies, as a function of the module.
 
 :func:`spec_of` finds a module's row through its class hierarchy. A subclass that does not
 override ``forward`` is, channel for channel, its base: it takes the base's row (torchvision's
@@ -31,6 +39,7 @@ from typing import Callable, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torchvision.ops import MultiScaleRoIAlign, RoIAlign, RoIPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -53,6 +62,10 @@ class OpSpec:
     meta_out: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     channel_buffers: tuple[str, ...] = ()
     when: Callable[[nn.Module], bool] | None = None
+    out_axis: int = 0
+    in_axis: int = 1
+    out_dim: Callable[[nn.Module, torch.Tensor], int] | None = None
+    weight: Callable[[nn.Module], torch.Tensor] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +86,30 @@ def conv_meta_out(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         p = (0,) * len(k) if m.padding == "valid" else m.padding
         size = [(n + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i, n in enumerate(spatial)]
     return torch.empty((*x.shape[: -len(k) - 1], m.out_channels, *size), dtype=x.dtype, device="meta")
+
+
+def conv_transpose_meta_out(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Meta output of a transposed conv called without ``output_size`` (with it, the meta run
+    calls the module itself)."""
+    k, s, d, p, op = m.kernel_size, m.stride, m.dilation, m.padding, m.output_padding
+    if x.shape[-len(k) - 1] != m.in_channels or x.dtype != m.weight.dtype:
+        raise RuntimeError(f"input {tuple(x.shape)} {x.dtype} for a transposed conv of {m.in_channels} channels, {m.weight.dtype}")
+    size = [(n - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + op[i] + 1 for i, n in enumerate(x.shape[-len(k):])]
+    return torch.empty((*x.shape[: -len(k) - 1], m.out_channels, *size), dtype=x.dtype, device="meta")
+
+
+def _last_dim(m: nn.Module, out: torch.Tensor) -> int:
+    return out.dim() - 1
+
+
+def standardized_weight(m: nn.Module) -> torch.Tensor:
+    """The weight timm's ``StdConv2d``/``ScaledStdConv2d`` apply: each output row standardised
+    to zero mean and unit variance over its inputs, times ``gain · scale`` where they exist."""
+    w = m.weight
+    gain = getattr(m, "gain", None)
+    affine = (gain * m.scale).view(-1) if isinstance(gain, torch.Tensor) else None
+    return F.batch_norm(w.reshape(1, m.out_channels, -1), None, None, weight=affine, training=True, momentum=0.0,
+                        eps=m.eps).reshape_as(w)
 
 
 def _conv_cost(m: nn.Module) -> str:
@@ -109,15 +146,17 @@ def _channelwise_parts(m: nn.Module) -> bool:
 
 
 CONV = OpSpec(rules.conv, surgery.conv, reads=rules.conv_read_dim, cost=_conv_cost, widths=_conv_widths,
-              meta_out=conv_meta_out)
-LINEAR = OpSpec(rules.linear, surgery.linear, reads=rules.linear_read_dim, cost=DENSE, widths=_linear_widths)
+              meta_out=conv_meta_out, out_dim=rules.conv_read_dim)
+LINEAR = OpSpec(rules.linear, surgery.linear, reads=rules.linear_read_dim, cost=DENSE, widths=_linear_widths,
+                out_dim=_last_dim)
 BATCHNORM = OpSpec(rules.batchnorm, surgery.batchnorm, cost=SINGLE, same_shape=True)
 INSTANCENORM = OpSpec(rules.instancenorm, surgery.instancenorm, cost=SINGLE, same_shape=True)
-# A transposed conv's weight is [in, out/groups, ...], not [out, in/groups, ...]: fxtaylor does
-# not prune it yet (the dead-channel test and the weight criterion assume output rows on dim 0).
-# Without this row it would also have no spec (it overrides _ConvNd's forward); the row states why.
-CONV_TRANSPOSE = OpSpec(rules.frozen("transposed conv (not pruned: its weight is [in, out/groups, ...])"),
-                        cost=_conv_cost, widths=_conv_widths)
+# A transposed conv reads its input channels and makes new output channels like a conv (a
+# grouped one ties input block k to output block k); only its weight is the other way round.
+CONV_TRANSPOSE = replace(CONV, meta_out=conv_transpose_meta_out, out_axis=1, in_axis=0)
+# timm's weight-standardised convs (NFNets, BiT): a conv whose forward standardises each output
+# row of its weight over its inputs, so its inputs are tied through those statistics.
+STD_CONV = replace(CONV, rule=rules.standardized_conv, prune=surgery.standardized_conv, weight=standardized_weight)
 
 # ---------------------------------------------------------------------------------------------
 # The table. Keys: a class (matched through the class hierarchy, see spec_of), or the qualified
@@ -168,7 +207,7 @@ SPECS = _Table({
     nn.ConvTranspose2d: CONV_TRANSPOSE,
     nn.ConvTranspose3d: CONV_TRANSPOSE,
     nn.Linear: LINEAR,
-    nn.Embedding: OpSpec(rules.embedding, surgery.embedding, cost=SINGLE),
+    nn.Embedding: OpSpec(rules.embedding, surgery.embedding, cost=SINGLE, out_axis=1, out_dim=_last_dim),
     nn.BatchNorm1d: BATCHNORM,
     nn.BatchNorm2d: BATCHNORM,
     nn.BatchNorm3d: BATCHNORM,
@@ -180,9 +219,10 @@ SPECS = _Table({
     nn.InstanceNorm1d: INSTANCENORM,
     nn.InstanceNorm2d: INSTANCENORM,
     nn.InstanceNorm3d: INSTANCENORM,
-    nn.LayerNorm: OpSpec(rules.layernorm, cost=SINGLE, same_shape=True),
+    nn.LayerNorm: OpSpec(rules.layernorm, surgery.layernorm, cost=SINGLE, same_shape=True),
+    nn.RMSNorm: OpSpec(rules.layernorm, surgery.layernorm, cost=SINGLE, same_shape=True),
     nn.PReLU: OpSpec(rules.prelu, surgery.prelu, cost=SINGLE, same_shape=True),
-    nn.GroupNorm: OpSpec(rules.frozen("GroupNorm needs channels divisible by num_groups"), cost=SINGLE),
+    nn.GroupNorm: OpSpec(rules.groupnorm, surgery.groupnorm, cost=SINGLE, same_shape=True),
     nn.LocalResponseNorm: OpSpec(rules.frozen("LocalResponseNorm mixes neighbouring channels"), cost=SINGLE),
     nn.Flatten: OpSpec(rules.shape_op),
     nn.Unflatten: OpSpec(rules.shape_op),
@@ -197,6 +237,11 @@ SPECS = _Table({
     # timm's TensorFlow-"SAME" conv (tf_* models) pads on every call: a conv with its own
     # output size. As a leaf, fx no longer fails on its padding arithmetic.
     "timm.layers.conv2d_same.Conv2dSame": replace(CONV, meta_out=timm_rules.conv2d_same_meta_out),
+    "timm.layers.std_conv.StdConv2d": STD_CONV,
+    "timm.layers.std_conv.ScaledStdConv2d": STD_CONV,
+    # the "SAME" variants pad on every call where the padding is dynamic: shapes from the meta copy
+    "timm.layers.std_conv.StdConv2dSame": replace(STD_CONV, meta_out=None),
+    "timm.layers.std_conv.ScaledStdConv2dSame": replace(STD_CONV, meta_out=None),
     # torchvision detection: RoI pooling pools channel by channel, so the maps a box head reads
     # through it keep prunable channels (:mod:`.vision_rules`). No parameters, no surgery.
     MultiScaleRoIAlign: OpSpec(vision_rules.multiscale_roi_pool),
@@ -289,5 +334,11 @@ def cost_kind(module: nn.Module) -> str | None:
     return spec.cost(module) if callable(spec.cost) else spec.cost
 
 
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """The weight ``module`` applies (its spec's ``weight``, else its stored ``weight``)."""
+    spec = spec_of(module)
+    return spec.weight(module) if spec is not None and spec.weight is not None else module.weight
+
+
 __all__ = ["DENSE", "SINGLE", "OpSpec", "SPECS", "SPLIT_OWNERS", "SplitOwner", "cost_kind", "register", "registered_type",
-           "spec_of", "split_owner_of"]
+           "spec_of", "split_owner_of", "weight_of"]

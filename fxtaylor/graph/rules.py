@@ -374,14 +374,19 @@ def _fold(c: Call, f: Factor, d: int) -> Factor:
     return Factor(tuple(e for e in f.dims if e != d), a[0])
 
 
+_NORM_TARGETS = ("norm", torch.norm, torch.linalg.vector_norm)
+
+
 def reduce(c: Call) -> Ann:
-    """mean/sum/amax over dims: channels on reduced dims are frozen (a dead channel still
-    counts in a mean, can be a max), the others renumbered. A factor over a reduced dim and
+    """mean/sum/amax/var/norm over dims: channels on reduced dims removable only inexactly (a
+    dead channel still counts in a mean, can be a max; :meth:`.atoms.Atoms.relax`), the others
+    renumbered. A factor over a reduced dim and
     other dims (a radix/path dim) is folded: see :func:`_fold`."""
     x = c.args[0]
     if not isinstance(x, torch.Tensor):
         return ()
-    dims = c.arg(1, "dim", None)
+    # norms take the order first: ``x.norm(p, dim)``, ``torch.norm(x, p, dim)``, ``vector_norm(x, ord, dim)``
+    dims = c.arg(2 if c.node.target in _NORM_TARGETS else 1, "dim", None)
     # kept dims told by the result (var/std also take a positional ``unbiased`` before keepdim)
     keep = isinstance(c.out, torch.Tensor) and c.out.dim() == x.dim()
     if dims is None:
@@ -395,7 +400,9 @@ def reduce(c: Call) -> Ann:
                 break
             f = _fold(c, f, d)
         if set(f.dims) & dims:
-            c.atoms.freeze(f.atoms, f"{c.name}: reduces over a channel dim")
+            # a statistic over channels (ConvNeXt-V2's GRN divides by the mean over them): a dead
+            # channel still counts, so no removal is exact; allowed only by an inexact graph
+            c.atoms.relax(f.atoms, f"{c.name}: a statistic over channels (removing one changes it)")
             continue
         out.append(Factor(tuple(shift(d) for d in f.dims), f.atoms))
     return tuple(out)
@@ -403,8 +410,8 @@ def reduce(c: Call) -> Ann:
 
 def along_dim(c: Call) -> Ann:
     """softmax / log_softmax over ``dim``. Channels on other dims pass through. Over a channel
-    dim it is frozen: a dead channel still adds exp(0) to the normaliser of the others, so
-    removing it changes them. Over one dim of a multi-dim factor (SelectiveKernel's and
+    dim no removal is exact (relaxed: frozen unless the graph is inexact): a dead channel still
+    adds exp(0) to the normaliser of the others, so removing it changes them. Over one dim of a multi-dim factor (SelectiveKernel's and
     ResNeSt's softmax over paths of ``[B, paths, C]``) the fibres are folded (:func:`_fold`):
     each softmax then runs within one unit, which leaves whole or not at all."""
     x = c.args[0]
@@ -419,8 +426,8 @@ def along_dim(c: Call) -> Ann:
     if f is None:
         return c.ann(0)
     if f.single:
-        c.atoms.freeze(f.atoms, f"{c.name}: normalises over channels (a dead channel still counts in the sum)")
-        return without(c.ann(0), d)
+        c.atoms.relax(f.atoms, f"{c.name}: softmax over channels (a dead channel still counts in the sum)")
+        return c.ann(0)  # channel k of the output is channel k of the input, but for the normaliser
     return without(c.ann(0), d) + (_fold(c, f, d),)
 
 
@@ -586,18 +593,83 @@ def prelu(c: Call) -> Ann:
 
 
 def layernorm(c: Call) -> Ann:
-    """LayerNorm (``nn.LayerNorm`` or ``F.layer_norm``) over the last dims. Channels on a
-    normalised dim are frozen: every output there depends on the mean and variance over all of
-    them, so a dead channel still shifts the others and removing it changes the model (the
-    dead-channel test fails; torch-pruning prunes them anyway). Channels on other dims pass."""
+    """LayerNorm (``nn.LayerNorm`` or ``F.layer_norm``; RMSNorm alike) over the last dims. Removing a channel
+    on a normalised dim is never exact: every output there depends on the mean and variance over
+    all of them, so a dead channel still shifts the others (the dead-channel test fails;
+    torch-pruning prunes them anyway). Over one channel dim (ConvNeXt's norms) the channels are
+    relaxed — frozen in an exact graph, pruned in an inexact one, the affine parameters
+    following them (the module's ``norm`` space, or ``F.layer_norm``'s weight and bias
+    arguments). Over several dims, frozen. Channels on other dims pass."""
     x = c.args[0]
     shape = c.module.normalized_shape if c.module is not None else c.arg(1, "normalized_shape")
     k = 1 if isinstance(shape, int) else len(shape)
     normed = set(range(x.dim() - k, x.dim()))
+    last = x.dim() - 1
     for f in c.ann(0):
-        if set(f.dims) & normed:
-            c.atoms.freeze(f.atoms, f"{c.name}: layer norm over these channels (removing one changes the statistics of the others)")
-    return tuple(f for f in c.ann(0) if not set(f.dims) & normed)
+        if not set(f.dims) & normed:
+            continue
+        params = [] if c.module is not None else [
+            factor_on(c.ann(i) if len(c.node.args) > i else c.ann(key), 0) for i, key in ((2, "weight"), (3, "bias"))]
+        if k == 1 and f.dims == (last,) and (c.module is not None or params[0] is not None):
+            c.atoms.relax(f.atoms, f"{c.name}: layer norm over channels (removing one changes the statistics of the others)")
+            if c.module is not None:
+                _read(c, "norm", NORM, last, x.shape[last])
+            # F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias), a LayerNorm
+            # subclass's forward: free parameters that follow the channels, and the shape
+            # follows them (surgery.prune_parameter) as long as it is read from the module
+            for p in params:
+                if p is not None:
+                    c.atoms.tie(p.atoms, f.atoms)
+        else:  # over several dims; or F.layer_norm without parameters: its shape is a constant
+            c.atoms.freeze(f.atoms, f"{c.name}: layer norm over a fixed channel count")
+    return tuple(f for f in c.ann(0) if not set(f.dims) & normed or (k == 1 and f.dims == (last,)))
+
+
+def groupnorm(c: Call) -> Ann:
+    """GroupNorm (``nn.GroupNorm`` or ``F.group_norm``): statistics per group of ``C /
+    num_groups`` channels. Removing every channel of a group leaves the other groups'
+    statistics untouched, so whole groups prune exactly: the channels of a group are tied (one
+    unit), ``num_groups`` and ``num_channels`` follow. With a single group (a layer norm over
+    C, H, W) nothing can go exactly: relaxed, per channel. The function form's weight and bias
+    (a GroupNorm subclass's own forward, timm's) are free parameters tied to the channels."""
+    m, x = c.module, c.args[0]
+    dim = 1 if x.dim() > 1 else 0
+    groups = m.num_groups if m is not None else c.arg(1, "num_groups")
+    if m is not None:
+        atoms = _read(c, "norm", NORM, dim, m.num_channels)
+    else:
+        f = factor_on(c.ann(0), dim)
+        if f is None or not f.single:
+            return without(c.ann(0), dim)
+        atoms = f.atoms
+        for i, key in ((2, "weight"), (3, "bias")):
+            p = factor_on(c.ann(i) if len(c.node.args) > i else c.ann(key), 0)
+            if p is not None:
+                c.atoms.tie(p.atoms, atoms)
+    if groups == 1:
+        c.atoms.relax(atoms, f"{c.name}: GroupNorm with one group (statistics over all channels)")
+    else:
+        grid = atoms.view(groups, -1)
+        c.atoms.tie(grid[:, :1].expand_as(grid), grid)
+    f = factor_on(c.ann(0), dim)
+    return c.ann(0) if f is not None and f.single else without(c.ann(0), dim)
+
+
+def standardized_conv(c: Call) -> Ann:
+    """A conv whose forward standardises its weight per output channel over its inputs
+    (timm's ``StdConv2d``/``ScaledStdConv2d``, NFNets): its output channels prune exactly (each
+    row is standardised alone), its input channels do not — removing one changes the mean and
+    variance of every row — so with one group they are relaxed (frozen in an exact graph).
+    With several groups whole groups go, each group's rows with its inputs: exact."""
+    ann = conv(c)
+    if c.module.groups == 1:
+        atoms = c.atoms.spaces[(c.name, "in")].atoms
+        c.atoms.relax(atoms, f"{c.name}: weight standardised over its input channels (removing one rescales the others)")
+        if c.module.weight[0].numel() // max(c.module.in_channels, 1) == 1:
+            # 1×1 kernel: one input channel left is one value per row, whose variance is undefined
+            # (batch norm refuses it in training mode)
+            c.atoms.at_least.append((atoms[atoms >= 0], 2))
+    return ann
 
 
 def frozen(reason: str) -> Callable[[Call], Ann]:
@@ -635,7 +707,7 @@ _UNARY_FUNCS = _SAME_SHAPE_FUNCS + (
 _TIE_FUNCS = (
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
     operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
-    torch.maximum, torch.minimum, operator.pow, torch.pow,
+    torch.maximum, torch.minimum, operator.pow, torch.pow, torch.addcmul, torch.addcdiv,
 )
 _SHAPE_FUNCS = (
     torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.t, torch.unsqueeze,
@@ -663,11 +735,15 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     torch.amin: reduce,
     torch.var: reduce,
     torch.std: reduce,
+    torch.norm: reduce,
+    torch.linalg.vector_norm: reduce,
     F.softmax: along_dim,
     F.log_softmax: along_dim,
     torch.softmax: along_dim,
     torch.log_softmax: along_dim,
     F.layer_norm: layernorm,
+    F.rms_norm: layernorm,  # (x, shape, weight, eps): a dead channel still counts in the mean square
+    F.group_norm: groupnorm,
     # An L2 (any p-norm) normalisation: a dead channel adds 0 to the norm, so removing it leaves
     # the others unchanged (unlike layer norm, whose mean it would shift): channels pass.
     F.normalize: passthrough,
@@ -681,7 +757,7 @@ _SAME_SHAPE_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "sqrt", "clamp", "clamp_",
     "contiguous", "clone", "detach", "neg",
 )
-_TIE_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow")
+_TIE_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "addcmul", "addcdiv")
 
 METHOD_RULES: dict[str, Rule] = {
     **{m: passthrough for m in _SAME_SHAPE_METHODS + (
@@ -702,6 +778,7 @@ METHOD_RULES: dict[str, Rule] = {
     "amin": reduce,
     "var": reduce,
     "std": reduce,
+    "norm": reduce,
     "softmax": along_dim,
     "log_softmax": along_dim,
     "matmul": matmul,

@@ -19,7 +19,11 @@ from ..errors import PruneError
 
 
 def conv(m: nn.Conv2d, removed: dict[str, list[int]]) -> None:
+    """Conv and transposed conv, 1-D to 3-D: torch-pruning's functions know both weight
+    layouts ([out, in/groups, ...] and [in, out/groups, ...])."""
     out, inn = removed.get("out", []), removed.get("in", [])
+    if m.transposed and m.groups > 1:
+        return _grouped_transposed(m, out, inn)
     if m.groups == 1:
         if out:
             tp.prune_conv_out_channels(m, out)
@@ -36,6 +40,48 @@ def conv(m: nn.Conv2d, removed: dict[str, list[int]]) -> None:
     tp.prune_conv_out_channels(m, out)
     m.in_channels -= len(inn)
     m.groups -= gone
+
+
+def _grouped_transposed(m: nn.Module, out: list[int], inn: list[int]) -> None:
+    """A grouped transposed conv's weight is [in, out/groups, ...]: deleting a group deletes its
+    input rows (dim 0) and its outputs' bias; the per-group output width is unchanged."""
+    width_out, width_in = m.out_channels // m.groups, m.in_channels // m.groups
+    gone = len(inn) // width_in
+    if len(inn) % width_in or len(out) != gone * width_out:
+        raise PruneError(f"grouped transposed conv {m}: only whole groups can be removed (got {len(out)} out, {len(inn)} in)")
+    slice_channels(m, inn, ("weight",))
+    slice_channels(m, out, ("bias",))
+    m.in_channels -= len(inn)
+    m.out_channels -= len(out)
+    m.groups -= gone
+
+
+def standardized_conv(m: nn.Module, removed: dict[str, list[int]]) -> None:
+    """A weight-standardised conv (timm's ``StdConv2d``, ``ScaledStdConv2d``): a conv, and a
+    per-output-channel ``gain`` where it has one. ``ScaledStdConv2d.scale`` (γ/√fan-in, set at
+    construction) is kept: torch-pruning keeps it too, and it keeps the remaining inputs'
+    contributions at their trained size after an (inexact) input cut."""
+    conv(m, removed)
+    if removed.get("out") and isinstance(getattr(m, "gain", None), torch.Tensor):
+        slice_channels(m, removed["out"], ("gain",))
+
+
+def layernorm(m: nn.LayerNorm, removed: dict[str, list[int]]) -> None:
+    """A layer (or RMS) norm over one channel dim (an inexact cut, see rules.layernorm)."""
+    slice_channels(m, removed["norm"], ("weight", "bias"))
+    m.normalized_shape = (m.normalized_shape[0] - len(removed["norm"]),)
+
+
+def groupnorm(m: nn.GroupNorm, removed: dict[str, list[int]]) -> None:
+    """Whole groups (the graph ties a group's channels), or any channels of a one-group norm."""
+    gone = removed["norm"]
+    width = m.num_channels // m.num_groups
+    if m.num_groups > 1 and len(gone) % width:
+        raise PruneError(f"GroupNorm {m}: only whole groups of {width} channels can be removed (got {len(gone)})")
+    slice_channels(m, gone, ("weight", "bias"))
+    m.num_channels -= len(gone)
+    if m.num_groups > 1:
+        m.num_groups -= len(gone) // width
 
 
 def linear(m: nn.Linear, removed: dict[str, list[int]]) -> None:
@@ -115,3 +161,12 @@ def prune_parameter(model: nn.Module, path: str, dim: int, idxs: list[int]) -> N
     owner = model.get_submodule(owner_path) if owner_path else model
     new = ParameterPruner(pruning_dim=dim).prune_out_channels(getattr(owner, attr), idxs)
     setattr(owner, attr, new)
+    # a norm subclass with its own forward calling F.layer_norm / F.group_norm (ConvNeXt's
+    # LayerNorm2d, timm's GroupNorm1): its affine parameters were cut as free parameters, the
+    # sizes the forward passes follow them (a GroupNorm loses whole groups, the rule tied them)
+    if isinstance(owner, (nn.LayerNorm, nn.RMSNorm)) and attr in ("weight", "bias") and len(owner.normalized_shape) == 1:
+        owner.normalized_shape = (int(new.shape[0]),)
+    if isinstance(owner, nn.GroupNorm) and attr in ("weight", "bias") and owner.num_channels != new.shape[0]:
+        width = owner.num_channels // owner.num_groups
+        owner.num_channels = int(new.shape[0])
+        owner.num_groups = 1 if owner.num_groups == 1 else owner.num_channels // width

@@ -71,10 +71,10 @@ class GraphImportance(tp.importance.Importance):
         **trace_kwargs: Any,
     ):
         check_arguments(model, normalize=normalize, flops_reg=flops_reg, graph=graph, cost=cost)
-        unknown = sorted(set(trace_kwargs) - {"ignored_layers", "leaf_modules"})
+        unknown = sorted(set(trace_kwargs) - {"ignored_layers", "leaf_modules", "exact"})
         if unknown:
             raise ArgumentError(f"unknown argument {unknown[0]!r} (a criterion takes normalize, flops_reg, graph, cost, "
-                                "and for tracing ignored_layers, leaf_modules)")
+                                "and for tracing ignored_layers, leaf_modules, exact)")
         # model(*x), else model(x): decided by running the model once (not again for the graph's own example)
         example_inputs = examples.resolve(model, example_inputs, graph=graph)
         self.model, self.example_inputs = model, example_inputs

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ArgumentError, FxTaylorError
+from ..graph import ops
 from ..graph.atoms import PRODUCER
 from .base import GraphImportance
 from .observe import Read, Reads, reads_of
@@ -34,13 +35,26 @@ class WeightImportance(GraphImportance):
             sp = self.graph.spaces[(name, role)]
             if sp.kind != PRODUCER:
                 continue
-            w = self.model.get_submodule(name).weight.detach()
-            w = w.t() if isinstance(self.model.get_submodule(name), nn.Embedding) else w
-            per_pos = w.pow(2).flatten(1).mean(1).to("cpu", torch.float64)
+            module = self.model.get_submodule(name)
+            with torch.no_grad():  # the weight the layer applies (standardised, for a StdConv2d)
+                w = ops.weight_of(module).detach()
+            per_pos = _per_output(w, ops.spec_of(module).out_axis, getattr(module, "groups", 1)).to("cpu", torch.float64)
             ok = units >= 0
             total.index_add_(0, units[ok], per_pos[ok])
             count.index_add_(0, units[ok], torch.ones(int(ok.sum()), dtype=torch.float64))
         return total / count.clamp(min=1)
+
+
+def _per_output(w: torch.Tensor, out_axis: int, groups: int) -> torch.Tensor:
+    """Mean squared weight of each output channel; ``out_axis``: the weight's dim of output
+    channels (1 for a transposed conv, whose [in, out/groups, ...] weight holds a group's
+    outputs on dim 1 and its rows on dim 0)."""
+    if out_axis == 0:
+        return w.pow(2).flatten(1).mean(1)
+    if w.dim() > 2 and groups > 1:  # [groups·in/g, out/g, ...] -> [groups, out/g, in/g·k...]
+        g = w.reshape(groups, w.shape[0] // groups, w.shape[1], -1).transpose(1, 2)
+        return g.pow(2).flatten(2).mean(2).reshape(-1)
+    return w.movedim(out_axis, 0).pow(2).flatten(1).mean(1)
 
 
 class _ActivationStats(GraphImportance):

@@ -20,12 +20,13 @@ in the closure of a gradient hook, which lives and dies with the autograd graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from ..graph import ChannelGraph
+from ..graph import ChannelGraph, ops
 from ..graph.atoms import PRODUCER
 
 
@@ -148,7 +149,7 @@ class Producer:
 
     name: str
     per_unit: torch.Tensor
-    last_dim: bool  # channels on the last dim (linear, embedding), else dim 1 (conv)
+    channel_dim: Callable[[torch.Tensor], int]  # the dim of its output holding its channels (its op spec's out_dim)
 
 
 def producers_of(graph: ChannelGraph, device: torch.device) -> list[Producer]:
@@ -160,16 +161,22 @@ def producers_of(graph: ChannelGraph, device: torch.device) -> list[Producer]:
             continue
         units = graph.unit_maps[(name, role)]
         per_unit = torch.bincount(units[units >= 0], minlength=n).to(torch.float64)
-        conv = isinstance(graph.model.get_submodule(name), nn.modules.conv._ConvNd)
-        out.append(Producer(name, per_unit.to(device), last_dim=not conv))
+        module = graph.model.get_submodule(name)
+        spec = ops.spec_of(module)
+        # a spec without out_dim (a user's row): channels on the last dim, as a linear has them
+        out_dim = spec.out_dim if spec is not None and spec.out_dim is not None else _last
+        out.append(Producer(name, per_unit.to(device), partial(out_dim, module)))
     return out
 
 
-def elements_per_position(out: torch.Tensor, last_dim: bool) -> int:
-    """Elements of one channel of one example in a produced tensor: H·W for [N, C, H, W],
-    L for tokens [N, L, C], 1 for [N, C]. Dim 0 is the example unless the channels are on it
-    (an unbatched conv input)."""
-    cdim = out.dim() - 1 if last_dim else (1 if out.dim() > 1 else 0)
+def _last(module: nn.Module, out: torch.Tensor) -> int:
+    return out.dim() - 1
+
+
+def elements_per_position(out: torch.Tensor, cdim: int) -> int:
+    """Elements of one channel of one example in a produced tensor whose channels are on dim
+    ``cdim``: H·W for [N, C, H, W], L for tokens [N, L, C], 1 for [N, C]. Dim 0 is the example
+    unless the channels are on it (an unbatched conv input)."""
     per_example = out.shape[0] if cdim != 0 else 1
     return out.numel() // max(per_example * out.shape[cdim], 1)
 

@@ -150,7 +150,7 @@ class TaylorImportance(GraphImportance):
         only when a producer's map size changes, i.e. when the input resolution does."""
         if not torch.is_grad_enabled():
             return  # evaluation pass: not counted, so neither is its resolution
-        m = elements_per_position(out, producer.last_dim)
+        m = elements_per_position(out, producer.channel_dim(out))
         if self._produced.get(producer.name) != m:
             self._produced[producer.name] = m
             self.elements = torch.maximum(self.elements, producer.per_unit * m)

@@ -58,7 +58,7 @@ class LayerSpec:
 
     ``kind``: conv | linear | norm | activation | pool. ``counts``: 2 (in, out) or 1 (C).
     ``cin0``/``cout0``: dense counts (equal for one-count layers). ``step``: counts must be
-    multiples of it (a grouped conv's group count, GroupNorm's groups; else 1). ``calls``: how
+    multiples of it (a grouped conv's group count, a GroupNorm group's width; else 1). ``calls``: how
     often the forward pass runs it (all at the same shape). ``shape``: input shape with the
     channel dim set to -1. ``config``: JSON-able description, hashed into the table key.
     """
@@ -89,21 +89,22 @@ class LayerSpec:
         c = cin
         if self.kind == "conv":
             cls = ops.registered_type(m) or type(m)  # nn.Conv3d for torchvision's Conv3DSimple
+            kw = {"stride": m.stride, "padding": m.padding, "dilation": m.dilation, "bias": m.bias is not None,
+                  "padding_mode": m.padding_mode}
+            if m.transposed:
+                kw["output_padding"] = m.output_padding
             if _depthwise(m):
-                mult = m.out_channels // m.in_channels
-                new = cls(c, c * mult, m.kernel_size, m.stride, m.padding, m.dilation, groups=c,
-                              bias=m.bias is not None, padding_mode=m.padding_mode)
+                new = cls(c, c * (m.out_channels // m.in_channels), m.kernel_size, groups=c, **kw)
             else:
-                new = cls(cin, cout, m.kernel_size, m.stride, m.padding, m.dilation, groups=m.groups,
-                              bias=m.bias is not None, padding_mode=m.padding_mode)
+                new = cls(cin, cout, m.kernel_size, groups=m.groups, **kw)
         elif self.kind == "linear":
             new = nn.Linear(cin, cout, bias=m.bias is not None)
         elif isinstance(m, FROZEN_NORMS):
             new = FrozenBatchNorm2d(c, eps=m.eps)
         elif isinstance(m, BATCHNORMS):
             new = type(m)(c, eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=m.track_running_stats)
-        elif isinstance(m, nn.GroupNorm):
-            new = nn.GroupNorm(m.num_groups, c, eps=m.eps, affine=m.affine)
+        elif isinstance(m, nn.GroupNorm):  # pruned by whole groups: the groups' width stays
+            new = nn.GroupNorm(max(1, c // self.step) if m.num_groups > 1 else 1, c, eps=m.eps, affine=m.affine)
         elif isinstance(m, INSTANCENORMS):
             new = type(m)(c, eps=m.eps, affine=m.affine, track_running_stats=m.track_running_stats)
         elif isinstance(m, nn.LayerNorm):
@@ -180,12 +181,12 @@ def _spec(name: str, m: nn.Module, shape: tuple[int, ...], calls: int) -> LayerS
     base = {"type": type(m).__name__}
     spec = ops.spec_of(m)
     if isinstance(m, nn.modules.conv._ConvNd):
-        if m.transposed:
-            return "transposed conv (not modelled)"
         if spec is None:
             return f"{type(m).__name__} overrides the conv's forward (not modelled)"
         cfg = {**base, "kernel": list(m.kernel_size), "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
                "dilation": list(m.dilation), "bias": m.bias is not None, "padding_mode": m.padding_mode}
+        if m.transposed:
+            cfg["transposed"], cfg["output_padding"] = True, list(m.output_padding)
         if _depthwise(m):
             cfg["groups"] = "depthwise"
             cfg["multiplier"] = m.out_channels // m.in_channels
@@ -197,8 +198,9 @@ def _spec(name: str, m: nn.Module, shape: tuple[int, ...], calls: int) -> LayerS
         return LayerSpec(name, m, "linear", 2, m.in_features, m.out_features, 1, calls, _blank(shape, -1), len(shape) - 1, cfg)
     if isinstance(m, BATCHNORMS + INSTANCENORMS + FROZEN_NORMS + (nn.GroupNorm,)):
         c = shape[1]
-        step = m.num_groups if isinstance(m, nn.GroupNorm) else 1
-        cfg = {**base, "affine": getattr(m, "affine", True), "groups": step}
+        # GroupNorm: whole groups go, so C stays a multiple of a group's width (one group: any C)
+        step = m.num_channels // m.num_groups if isinstance(m, nn.GroupNorm) and m.num_groups > 1 else 1
+        cfg = {**base, "affine": getattr(m, "affine", True), "groups": getattr(m, "num_groups", 1)}
         return LayerSpec(name, m, "norm", 1, c, c, step, calls, _blank(shape, 1), 1, cfg)
     if isinstance(m, nn.LayerNorm):
         if len(m.normalized_shape) != 1:

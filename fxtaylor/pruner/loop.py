@@ -69,6 +69,7 @@ def prune(
     arch: dict | None = None,
     ignored_layers: Iterable[nn.Module | str] = (),
     leaf_modules: Iterable[type | str | nn.Module] = (),
+    exact: bool = True,
     measure_latency: bool = True,
     measure_fn: Callable | None = None,
     progress: bool = True,
@@ -114,6 +115,12 @@ def prune(
     numpy and the train loader's own generator if it has one. ``arch`` is the model's arch
     record (:mod:`fxtaylor.models`) so the result can be loaded by name; custom models are
     loaded with ``fxtaylor.load(path, base=unpruned_model)``.
+
+    ``exact=False`` also prunes channels tied through a normaliser whose statistics span them
+    (ConvNeXt's layer norms, ConvNeXt-V2's GRN, NFNets' weight-standardised convs): no removal
+    of those is exact, so by default they are frozen; the criterion is unchanged, and the cost
+    in accuracy is measured in docs/graph.md ("Exact and inexact"). On a model without such
+    channels it is refused (it would change nothing).
 
     ``criterion``: ``"taylor"`` (the paper's), or a baseline (``"weight"``,
     ``"activation_mean"``, ``"activation_std"``, ``"random"``), or any factory
@@ -279,6 +286,7 @@ class _Run:
         self.trace_kwargs = {
             "ignored_layers": inputs.names(model, args["ignored_layers"], False),
             "leaf_modules": inputs.names(model, args["leaf_modules"], True),
+            "exact": args["exact"],
         }
         self.ckpt_path = Path(args["checkpoint_dir"]) / CHECKPOINT if self.has_ckpt_dir else None
         self.removed: list[int] = []

@@ -107,6 +107,7 @@ class Pruner:
         optimizer: torch.optim.Optimizer | None = None,
         ignored_layers: Iterable[str] = (),
         leaf_modules: Iterable[str] = (),
+        exact: bool = True,
         graph: ChannelGraph | None = None,
         reference: nn.Module | None = None,
         measure_fn: Callable[[Sequence[nn.Module]], list] | None = None,
@@ -131,9 +132,13 @@ class Pruner:
         else:
             self.deployment = (deployment or Deployment()).resolved(model)  # bad dtype/device: fails before anything
         self.trace_kwargs = {"ignored_layers": as_selection(ignored_layers, "ignored_layers"),
-                             "leaf_modules": as_selection(leaf_modules, "leaf_modules")}
+                             "leaf_modules": as_selection(leaf_modules, "leaf_modules"), "exact": exact}
+        if not isinstance(exact, bool):
+            raise FxTaylorError(f"exact must be True or False, got {exact!r}")
+        if graph is not None and graph.exact != exact:
+            raise FxTaylorError(f"graph was traced with exact={graph.exact}, but exact={exact} was asked for")
         if graph is None:
-            selection.resolve(model, **self.trace_kwargs)  # names the model has, before it runs
+            selection.resolve(model, self.trace_kwargs["ignored_layers"], self.trace_kwargs["leaf_modules"])  # names the model has, before it runs
         # model(*x), else model(x): decided once by running the model (tracing runs on meta tensors
         # only); every later call (trace, criterion, costs, timing) uses the same arguments
         example_args = inputs.example(model, example_inputs, graph=graph)
@@ -183,6 +188,10 @@ class Pruner:
             reasons = list(dict.fromkeys(g.frozen[0] for g in graph.groups if g.frozen))
             raise FxTaylorError("nothing to prune: every channel group is frozen or at its minimum"
                                 + (f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" if reasons else ""))
+        if not graph.exact and not any(g.inexact for g in graph.groups):
+            raise FxTaylorError("exact=False changes nothing on this model: no channel group is tied through a "
+                                "normaliser's statistics (layer norm or softmax over channels, weight standardisation); "
+                                "every prunable channel already prunes exactly, so drop the option")
         self.k = self.schedule.maps_per_prune or max(1, math.ceil(MAPS_FRACTION * sum(g.num_prunable for g in groups)))
         self.flops0 = self.imp.total_flops()
         if self.target.resource == "latency":
@@ -278,8 +287,9 @@ class Pruner:
         k = None if s.per_prune else self.k
         banned: set[int] = set()
         coarsen, recalibrated = 1, False
+        goal_pred = step_ms / scale  # the step's goal in the cost model's unit
         for attempt in range(ATTEMPTS):
-            cuts = self._select(step_ms / scale, k, banned, coarsen)
+            cuts = self._select(goal_pred, k, banned, coarsen)
             if not cuts:
                 if not banned:
                     return []
@@ -296,9 +306,17 @@ class Pruner:
             units = torch.cat([c.group.units[c.channels] for c in cuts])
             past = distributed.broadcast(trial_ms < goal_ms * (1 - t.tolerance) - margin * now_ms)
             if ok and past and not recalibrated and attempt < ATTEMPTS - 1:
-                # the cut overshoots the target: the prediction's bias, now measured at the cut,
-                # recalibrates it and a smaller cut is chosen (once per step)
-                scale = trial_ms / max(predict_after(cost, units), 1e-12)
+                # the cut overshoots the target: a smaller cut is chosen (once per step), its goal
+                # read off the line through the two measured points (the model now, the cut).
+                # One scale factor through the cut alone failed where latency falls faster than
+                # the prediction (a fixed part of the prediction that pruning removes): the
+                # goal then read as already met, nothing was selected, and the run stopped
+                # with "nothing left to prune" far from its target.
+                pred_now, pred_cut = cost.total(), predict_after(cost, units)
+                if now_ms > trial_ms and pred_now > pred_cut:
+                    goal_pred = pred_cut + (step_ms - trial_ms) * (pred_now - pred_cut) / (now_ms - trial_ms)
+                else:
+                    goal_pred = step_ms * pred_cut / max(trial_ms, 1e-12)
                 self.now, recalibrated = distributed.broadcast(now_ms), True
                 continue
             if ok:
@@ -321,7 +339,10 @@ class Pruner:
         k = k if k is not None else int(imp.graph.group_of_unit.numel())
         ex = frozenset(banned)
         cuts = select(imp, k, goal, goal * (1 - t.tolerance), r, self.cost, self.selection, ex, coarsen)
-        if not cuts and self.cost.total() > goal * (1 + t.tolerance):  # nothing fits the band: the smallest chunk
+        # nothing fits the band: the smallest chunk, while the model is predicted above the goal at
+        # all (a model within the tolerance above its target has not reached it: the run went on
+        # to "nothing left to prune" there)
+        if not cuts and self.cost.total() > goal:
             cuts = select(imp, 1, goal, -math.inf, r, self.cost, self.selection, ex, coarsen)
         return cuts
 

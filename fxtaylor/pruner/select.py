@@ -165,18 +165,9 @@ def cut(imp: GraphImportance, target: float, k: int | None = None, tolerance: fl
 
 def predict_after(cost: CostModel, units: torch.Tensor) -> float:
     """The cost model's prediction for its graph with ``units`` (global ids) removed."""
-    L = cost.layers
-    widths = {n: (max(ci - di, 0), max(co - do, 0)) for n, ci, co, (di, do) in zip(L.names, L.cin, L.cout, L.deltas(units))}
-    return cost.predict(widths)
+    return cost.predict_after(units)
 
 
 def minimum(imp: GraphImportance, cost: CostModel | None = None) -> float:
-    """The predicted resource of the smallest model pruning can reach: every prunable group cut
-    to its cheapest units that must remain. A lower target cannot be reached."""
-    cost = (cost or imp.cost).sync(imp.graph, imp.example_inputs)
-    unit_cost = cost.unit_costs()
-    gone = []
-    for g in imp.graph.prunable_groups:
-        order, least = g.removal_order(-unit_cost[g.units])
-        gone.append(g.units[order[: g.size - least]])
-    return predict_after(cost, torch.cat(gone)) if gone else cost.total()
+    """The predicted resource of the smallest model pruning can reach (:meth:`CostModel.least`)."""
+    return (cost or imp.cost).sync(imp.graph, imp.example_inputs).least()
