@@ -409,7 +409,7 @@ def _reachable(model: torch.nn.Module, x: torch.Tensor, graph, flops, args: argp
     from .graph import trace
 
     other = trace(model, x, exact=not args.exact)
-    exact, inexact = (graph, other) if args.exact else (other, graph)
+    inexact = other if args.exact else graph
     shares = {"FLOPs": [flops.reachable(), FlopsCost().sync(other, x).reachable()]}
     if args.latency_table:
         from .latency import LatencyModel
@@ -424,7 +424,7 @@ def _reachable(model: torch.nn.Module, x: torch.Tensor, graph, flops, args: argp
         line += "; with --inexact, " + " and ".join(f"{v[1]:.1%}" for v in shares.values())
     else:
         line += " (--inexact opens nothing here)"
-    return line + f" (a target below 1 − reachable is refused)"
+    return line + " (a target below 1 − reachable is refused)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -403,3 +403,30 @@ def test_inspect_with_a_latency_table_prints_the_latency_share(tmp_path, capsys)
     assert main(["inspect", "--model", "resnet18", "--input-size", "32", "--latency-table", str(tmp_path / "table")]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("reachable:"))
     assert "of the FLOPs and" in line and "of the latency (predicted)" in line
+
+
+def _folder(root, classes=("a", "b"), per_class=3):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (32, 32), (40 * i, 100, 200)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_cli_inexact_prunes_a_convnext_and_is_refused_on_a_resnet_writing_nothing(tmp_path, capsys):
+    from fxtaylor.cli import main
+
+    data = _folder(tmp_path / "data")
+    common = ["prune", "--data", str(data), "--input-size", "32", "--batch-size", "2", "--workers", "0", "--target-flops",
+              "0.8", "--updates-between-prunes", "1", "--no-progress", "--inexact"]
+    assert main([*common, "--model", "resnet18", "--out", str(tmp_path / "r")]) == 2
+    assert "exact=False changes nothing on this model" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main([*common, "--model", "convnext_tiny", "--flops-per-prune", "0.2", "--out", str(tmp_path / "c")]) == 0
+    arch = torch.load(tmp_path / "c" / "model.pt", weights_only=True)["arch"]
+    assert arch["trace"]["exact"] is False
+    model = fxtaylor.load(tmp_path / "c" / "model.pt")  # replays the inexact graph
+    dense = torchvision.models.convnext_tiny(weights=None, num_classes=2)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in dense.parameters())

@@ -411,9 +411,10 @@ def reduce(c: Call) -> Ann:
 def along_dim(c: Call) -> Ann:
     """softmax / log_softmax over ``dim``. Channels on other dims pass through. Over a channel
     dim no removal is exact (relaxed: frozen unless the graph is inexact): a dead channel still
-    adds exp(0) to the normaliser of the others, so removing it changes them. Over one dim of a multi-dim factor (SelectiveKernel's and
-    ResNeSt's softmax over paths of ``[B, paths, C]``) the fibres are folded (:func:`_fold`):
-    each softmax then runs within one unit, which leaves whole or not at all."""
+    adds exp(0) to the normaliser of the others, so removing it changes them. Over one dim of
+    a multi-dim factor (SelectiveKernel's and ResNeSt's softmax over paths of ``[B, paths, C]``)
+    the fibres are folded (:func:`_fold`): each softmax then runs within one unit, which leaves
+    whole or not at all."""
     x = c.args[0]
     d = c.arg(1, "dim", None)
     if d is None and c.module is not None:

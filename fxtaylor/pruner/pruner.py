@@ -138,7 +138,8 @@ class Pruner:
         if graph is not None and graph.exact != exact:
             raise FxTaylorError(f"graph was traced with exact={graph.exact}, but exact={exact} was asked for")
         if graph is None:
-            selection.resolve(model, self.trace_kwargs["ignored_layers"], self.trace_kwargs["leaf_modules"])  # names the model has, before it runs
+            # names the model has, before it runs
+            selection.resolve(model, self.trace_kwargs["ignored_layers"], self.trace_kwargs["leaf_modules"])
         # model(*x), else model(x): decided once by running the model (tracing runs on meta tensors
         # only); every later call (trace, criterion, costs, timing) uses the same arguments
         example_args = inputs.example(model, example_inputs, graph=graph)
