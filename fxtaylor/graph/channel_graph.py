@@ -173,15 +173,16 @@ class ChannelGraph:
         self.groups = [
             ChannelGroup(i, torch.nonzero(group_of_unit == i).flatten(), _graph=self) for i in range(n_groups)
         ]
-        hard = [(a, r, "frozen") for a, r in atoms.freezes]
-        soft = [(a, r, "inexact") for a, r in atoms.inexact]
-        for atoms_frozen, reason, kind in hard + soft:
-            u = unit_of_atom[atoms_frozen]
-            for gi in torch.unique(group_of_unit[u[u >= 0]]).tolist():
-                g = self.groups[gi]
-                for reasons in ([g.frozen] if kind == "frozen" else [g.inexact] + ([g.frozen] if exact else [])):
+        for records, field_name in ((atoms.freezes, "frozen"), (atoms.inexact, "inexact")):
+            for atoms_noted, reason in records:
+                u = unit_of_atom[atoms_noted]
+                for gi in torch.unique(group_of_unit[u[u >= 0]]).tolist():
+                    reasons = getattr(self.groups[gi], field_name)
                     if reason not in reasons:
                         reasons.append(reason)
+        if exact:  # an exact graph freezes what only prunes inexactly
+            for g in self.groups:
+                g.frozen.extend(r for r in g.inexact if r not in g.frozen)
         for atoms_kept, n in atoms.at_least:
             u = unit_of_atom[atoms_kept]
             for gi in torch.unique(group_of_unit[u[u >= 0]]).tolist():

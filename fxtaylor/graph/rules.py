@@ -594,10 +594,10 @@ def prelu(c: Call) -> Ann:
 
 
 def layernorm(c: Call) -> Ann:
-    """LayerNorm (``nn.LayerNorm`` or ``F.layer_norm``; RMSNorm alike) over the last dims. Removing a channel
-    on a normalised dim is never exact: every output there depends on the mean and variance over
-    all of them, so a dead channel still shifts the others (the dead-channel test fails;
-    torch-pruning prunes them anyway). Over one channel dim (ConvNeXt's norms) the channels are
+    """LayerNorm (``nn.LayerNorm`` or ``F.layer_norm``; RMSNorm alike) over the last dims.
+    Removing a channel on a normalised dim is never exact: every output there depends on the
+    mean and variance over all of them, so a dead channel still shifts the others (the
+    dead-channel test fails; torch-pruning prunes them anyway). Over one channel dim (ConvNeXt's norms) the channels are
     relaxed — frozen in an exact graph, pruned in an inexact one, the affine parameters
     following them (the module's ``norm`` space, or ``F.layer_norm``'s weight and bias
     arguments). Over several dims, frozen. Channels on other dims pass."""
@@ -609,8 +609,7 @@ def layernorm(c: Call) -> Ann:
     for f in c.ann(0):
         if not set(f.dims) & normed:
             continue
-        params = [] if c.module is not None else [
-            factor_on(c.ann(i) if len(c.node.args) > i else c.ann(key), 0) for i, key in ((2, "weight"), (3, "bias"))]
+        params = [] if c.module is not None else _affine(c)
         if k == 1 and f.dims == (last,) and (c.module is not None or params[0] is not None):
             c.atoms.relax(f.atoms, f"{c.name}: layer norm over channels (removing one changes the statistics of the others)")
             if c.module is not None:
@@ -624,6 +623,12 @@ def layernorm(c: Call) -> Ann:
         else:  # over several dims; or F.layer_norm without parameters: its shape is a constant
             c.atoms.freeze(f.atoms, f"{c.name}: layer norm over a fixed channel count")
     return tuple(f for f in c.ann(0) if not set(f.dims) & normed or (k == 1 and f.dims == (last,)))
+
+
+def _affine(c: Call) -> list[Factor | None]:
+    """The channels of a functional norm's ``weight`` and ``bias`` arguments (positions 2 and
+    3 of ``F.layer_norm`` / ``F.group_norm`` / ``F.rms_norm``: free parameters), or None."""
+    return [factor_on(c.ann(i) if len(c.node.args) > i else c.ann(key), 0) for i, key in ((2, "weight"), (3, "bias"))]
 
 
 def groupnorm(c: Call) -> Ann:
@@ -643,8 +648,7 @@ def groupnorm(c: Call) -> Ann:
         if f is None or not f.single:
             return without(c.ann(0), dim)
         atoms = f.atoms
-        for i, key in ((2, "weight"), (3, "bias")):
-            p = factor_on(c.ann(i) if len(c.node.args) > i else c.ann(key), 0)
+        for p in _affine(c):
             if p is not None:
                 c.atoms.tie(p.atoms, atoms)
     if groups == 1:
