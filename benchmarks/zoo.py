@@ -206,7 +206,7 @@ def _meta_profile(model, size: int) -> dict:
     return {"gflops": round(total / 1e9, 3), "conv2d_share": round(min(conv[0] / total, 1.0), 3) if total else 0.0}
 
 
-def _meta_build(name: str, **kw):
+def meta_build(name: str, **kw):
     import timm
     import torch
 
@@ -234,7 +234,7 @@ def select_timm(modules: list[str] | None = None, log=print) -> dict:
         params, skipped = {}, {}
         for n in names:
             try:
-                params[n] = sum(p.numel() for p in _meta_build(n).parameters())
+                params[n] = sum(p.numel() for p in meta_build(n).parameters())
             except Exception as e:  # noqa: BLE001 - a name that does not build is reported
                 skipped[n] = _err_line(e)
         if not params:
@@ -242,14 +242,14 @@ def select_timm(modules: list[str] | None = None, log=print) -> dict:
             log(f"{mod}: nothing builds ({len(skipped)} skipped)")
             continue
         best = min(params, key=lambda n: (params[n], n))
-        model = _meta_build(best)
+        model = meta_build(best)
         default = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
         entry = {"model": best, "params": params[best], "models": len(names), "default_size": default}
         tries = [(224, False)] + ([(224, True), (default, False)] if default != 224 else [])
         errors = []
         for size, img_size in tries:
             try:
-                prof = _meta_profile(_meta_build(best, img_size=size) if img_size else model, size)
+                prof = _meta_profile(meta_build(best, img_size=size) if img_size else model, size)
             except Exception as e:  # noqa: BLE001
                 errors.append(f"{size}{' (img_size)' if img_size else ''}: {_err_line(e)}")
                 continue
@@ -503,16 +503,16 @@ def frozen_reasons(groups, model=None, output: str = "classifier output") -> dic
 
 # -- the checks both tools get ---------------------------------------------------------------
 
-_PROGRESS = None  # the child's queue: where a row is, for the timeout message
+PROGRESS = None  # the child's queue: where a row is, for the timeout message
 
 
-def _phase(what: str) -> None:
+def phase(what: str) -> None:
     """Tell the parent what this child is doing now (a timeout row then says where it hung)."""
-    if _PROGRESS is not None:
-        _PROGRESS.put(what)
+    if PROGRESS is not None:
+        PROGRESS.put(what)
 
 
-def _shapes(x) -> str:
+def shapes(x) -> str:
     """A row's input: '1×3×16×112×112'; several tensors joined by ' + ' (RAFT's two frames)."""
     ts = [t for t in (x if isinstance(x, (list, tuple)) else [x]) for t in (t if isinstance(t, list) else [t])]
     one = "×".join(map(str, ts[0].shape))
@@ -584,7 +584,7 @@ def dead_channel_test(model, x, kill, handle, channels, probes=(), dtype: str = 
     import math
 
     import torch
-    from tp_compare import TOL, Dead, _err
+    from tp_compare import TOL, Dead, error_line
 
     dtype = getattr(torch, dtype)
     tol, x = TOL[dtype], _cast(x, dtype)
@@ -594,11 +594,11 @@ def dead_channel_test(model, x, kill, handle, channels, probes=(), dtype: str = 
         before = _probe(m, x, probes)
         prune()
     except Exception as e:  # noqa: BLE001 - a wrong group may break the model
-        return Dead(math.inf, False, "before pruning finished: " + _err(e), 1.0, tol)
+        return Dead(math.inf, False, "before pruning finished: " + error_line(e), 1.0, tol)
     try:
         after = _probe(m, x, probes)
     except Exception as e:  # noqa: BLE001
-        return Dead(math.inf, False, _err(e), 1.0, tol)
+        return Dead(math.inf, False, error_line(e), 1.0, tol)
     b, a = _flat(before), _flat(after)
     if len(b) != len(a) or any(u.shape != v.shape for u, v in zip(b, a)):
         return Dead(math.inf, False, None, 1.0, tol)
@@ -607,7 +607,7 @@ def dead_channel_test(model, x, kill, handle, channels, probes=(), dtype: str = 
     return Dead(rel, True, None, 1.0, tol)
 
 
-def _fx_kill(m, x, index, channels):
+def fx_kill(m, x, index, channels):
     import fxtaylor
     from fxtaylor.graph.check import kill_channels
 
@@ -643,7 +643,7 @@ def dead_channel_tests(model, x, fam: Family, kill, candidates: list) -> tuple[d
     picked = [v[int(torch.randint(len(v), ()))] for _, v in sorted(by.items())]
     worst = 0.0
     for where, handle, width, free in picked:
-        _phase(f"dead-channel test on the group of {where}")
+        phase(f"dead-channel test on the group of {where}")
         chans = torch.randperm(width)[:max(1, min(free, width // 4))].tolist()
         dead = dead_channel_test(model, x, kill, handle, chans, fam.probes, fam.dead_dtype)
         gc.collect()
@@ -670,12 +670,12 @@ def fxtaylor_row(name: str, size: int | None = None, batches: int = 2, batch_siz
     x = fam.inputs(name, size, 1)
     built = mem.now()
     mem.reset()
-    _phase("tracing")
+    phase("tracing")
     imp = fxtaylor.TaylorImportance(model, x)
     overhead = mem.peak() - built
     groups = imp.graph.groups
     prunable = imp.graph.prunable_groups
-    row = {"family": fam.name, "input": _shapes(x), "groups": len(groups), "prunable_groups": len(prunable),
+    row = {"family": fam.name, "input": shapes(x), "groups": len(groups), "prunable_groups": len(prunable),
            "prunable_channels": sum(g.num_prunable for g in prunable),
            "frozen_groups": sum(1 for g in groups if g.frozen),
            "frozen": frozen_summary(groups, "classifier output" if fam.name in ("classification", "video") else "model output"),
@@ -687,14 +687,14 @@ def fxtaylor_row(name: str, size: int | None = None, batches: int = 2, batch_siz
     with torch.no_grad():
         ref = model(*x)
     # dead-channel test on random prunable groups, before anything is cut
-    dead, failed = dead_channel_tests(model, x, fam, _fx_kill, [(g.members[0].name, g.index, g.size, g.num_prunable) for g in prunable])
+    dead, failed = dead_channel_tests(model, x, fam, fx_kill, [(g.members[0].name, g.index, g.size, g.num_prunable) for g in prunable])
     row.update(dead)
     if failed:
         return {**row, "status": "fail", "reason": failed, "seconds": round(time.perf_counter() - t0, 1)}
     model.train()
     mem.reset()
     before_observe = mem.now()
-    _phase("observing the criterion")
+    phase("observing the criterion")
     with imp.observe():
         for _ in range(batches):
             model.zero_grad()
@@ -708,12 +708,12 @@ def fxtaylor_row(name: str, size: int | None = None, batches: int = 2, batch_siz
                 "overhead_mib": round(overhead)}
     mem.reset()
     base = mem.now()
-    _phase("cutting")
+    phase("cutting")
     cut(imp, TARGET * f0)
     overhead = max(overhead, mem.peak() - base)
     f1 = imp.total_flops()
     model.eval()
-    _phase("checks")
+    phase("checks")
     with torch.no_grad():
         out = model(*x)
     row.update(flops_after=f1, params_after=sum(p.numel() for p in model.parameters()),
@@ -750,20 +750,20 @@ def tp_row(name: str, size: int | None = None, seed: int = 0, max_steps: int = 5
     with torch.no_grad():
         ref = model(*x)
     head = fam.head(model, ref)
-    _phase("counting FLOPs")
+    phase("counting FLOPs")
     f0, p0 = tp.utils.count_ops_and_params(model, x)
     built = mem.now()
     mem.reset()
-    _phase("building the dependency graph")
+    phase("building the dependency graph")
     pruner = tp.pruner.BasePruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=True,
                                   pruning_ratio=0.9, iterative_steps=max_steps, ignored_layers=head)
     groups = []
-    _phase("listing groups (get_all_groups): none listed yet")
+    phase("listing groups (get_all_groups): none listed yet")
     for g in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
         groups.append(g)
-        _phase(f"listing groups (get_all_groups): {len(groups)} listed")
+        phase(f"listing groups (get_all_groups): {len(groups)} listed")
     overhead = mem.peak() - built
-    row = {"family": fam.name, "input": _shapes(x), "groups": len(groups), "flops_before": int(f0), "params_before": int(p0)}
+    row = {"family": fam.name, "input": shapes(x), "groups": len(groups), "flops_before": int(f0), "params_before": int(p0)}
     # the same dead-channel test as fxtaylor's, on random groups tp would prune
     names = {m: k for k, m in model.named_modules()}
     dead, failed = dead_channel_tests(model, x, fam, _tp_kill,
@@ -778,11 +778,11 @@ def tp_row(name: str, size: int | None = None, seed: int = 0, max_steps: int = 5
     for step in range(max_steps):
         if f1 <= TARGET * f0:
             break
-        _phase(f"pruning step {step + 1} (FLOPs {f1 / f0:.3f} of the original)")
+        phase(f"pruning step {step + 1} (FLOPs {f1 / f0:.3f} of the original)")
         pruner.step()
         f1, _ = tp.utils.count_ops_and_params(model, x)
     overhead = max(overhead, mem.peak() - base)
-    _phase("checks")
+    phase("checks")
     with torch.no_grad():
         out = model(*x)
     row.update(flops_after=int(f1), params_after=int(sum(p.numel() for p in model.parameters())),
@@ -797,8 +797,8 @@ def tp_row(name: str, size: int | None = None, seed: int = 0, max_steps: int = 5
 
 
 def _child(fn_name: str, name: str, size: int | None, queue) -> None:
-    global _PROGRESS
-    _PROGRESS = queue
+    global PROGRESS
+    PROGRESS = queue
     try:
         row = globals()[fn_name](name, size)
     except Exception as e:  # noqa: BLE001 - every failure becomes a row
@@ -808,7 +808,7 @@ def _child(fn_name: str, name: str, size: int | None, queue) -> None:
     queue.put(row)
 
 
-def _rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -821,7 +821,7 @@ def _rss_mib(pid: int) -> float:
 def isolated(fn_name: str, name: str, size: int | None, timeout: float, max_rss_mib: float = 12288) -> dict:
     """One model in a fresh process: its peak memory is its own, a hang, a crash or a memory
     blow-up (resident memory above ``max_rss_mib``, checked every 0.5 s) is a row, which says
-    what the child was doing then (its last ``_phase``)."""
+    what the child was doing then (its last ``phase``)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=(fn_name, name, size, q))
@@ -841,7 +841,7 @@ def isolated(fn_name: str, name: str, size: int | None, timeout: float, max_rss_
         drain()
         if time.monotonic() - t0 > timeout:
             why = f"did not finish in {timeout:.0f} s"
-        elif _rss_mib(p.pid) > max_rss_mib:
+        elif rss_mib(p.pid) > max_rss_mib:
             why = f"over {max_rss_mib / 1024:.0f} GiB resident after {time.monotonic() - t0:.0f} s"
     if why is not None:
         p.kill()

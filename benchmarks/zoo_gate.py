@@ -63,7 +63,7 @@ TIMM = list(dict.fromkeys(
 SIZES = {"classification": 64, "detection": 128, "segmentation": 64, "video": 32, "optical_flow": 128}
 # models whose architecture fixes or bounds the input side
 SIZE = {"maxvit_t": 224, "inception_v3": 299, "s3d": 112,  # MaxViT: 7x7 windows at every stage; Inception-v3:
-        # its aux head; S3D: 16 frames (zoo._clip) for its last pooling; timm: fixed-size attention
+        # its aux head; S3D: 16-frame clips (zoo.py's video inputs) for its last pooling; timm: fixed-size attention
         # (HaloNet, EfficientFormer, Visformer), Inception stems that need more than 64 px
         "timm/halonet_h1": 256, "timm/efficientformer_l1": 224, "timm/efficientformerv2_s0": 224,
         "timm/visformer_tiny": 224, "timm/inception_v3": 128, "timm/inception_v4": 128, "timm/inception_resnet_v2": 128}
@@ -91,7 +91,7 @@ RCNN = dict(rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, rpn_pre_nms_
             rpn_post_nms_top_n_train=50, box_batch_size_per_image=32)
 
 
-def _build(fam, name: str, size: int):
+def gate_model(fam, name: str, size: int):
     """The zoo's model, with the gate's constructor arguments where it has some."""
     import torchvision
 
@@ -120,15 +120,15 @@ def gate_row(name: str, seed: int = 0) -> dict:
     size = size_of(name)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    zoo._phase("building")
-    model = _build(fam, name, size).eval()
+    zoo.phase("building")
+    model = gate_model(fam, name, size).eval()
     x = fam.inputs(name, size, 1)
     with torch.no_grad():
         ref = model(*x)
-    zoo._phase("tracing")
+    zoo.phase("tracing")
     graph = fxtaylor.trace(model, x)
     prunable = graph.prunable_groups
-    row = {"family": fam.name, "input": zoo._shapes(x), "modes": list(graph.modes), "groups": len(graph.groups),
+    row = {"family": fam.name, "input": zoo.shapes(x), "modes": list(graph.modes), "groups": len(graph.groups),
            "prunable_groups": len(prunable), "prunable_channels": sum(g.num_prunable for g in prunable),
            "frozen": frozen_kinds(graph.groups)}
     if graph.partial is not None:
@@ -138,7 +138,7 @@ def gate_row(name: str, seed: int = 0) -> dict:
         return {**row, "status": "fail" if reason else "pass", "reason": reason, "seconds": round(time.perf_counter() - t0, 1)}
 
     if any(g.inexact for g in graph.groups):  # what the opt-in (exact=False) would open
-        zoo._phase("tracing with exact=False")
+        zoo.phase("tracing with exact=False")
         from fxtaylor.cost import FlopsCost
 
         loose = fxtaylor.trace(model, x, exact=False)
@@ -147,18 +147,18 @@ def gate_row(name: str, seed: int = 0) -> dict:
     if not prunable:
         row["reachable"] = 0.0
         return done()
-    dead, failed = zoo.dead_channel_tests(model, x, fam, zoo._fx_kill,
+    dead, failed = zoo.dead_channel_tests(model, x, fam, zoo.fx_kill,
                                           [(g.members[0].name, g.index, g.size, g.num_prunable) for g in prunable])
     row.update(dead_channel_rel=dead["dead_channel_rel"], dead_groups=dead["dead_groups"])
     if failed:
         return done(failed)
-    zoo._phase("one pruner step")
+    zoo.phase("one pruner step")
     cut = _one_cut(model, x, graph, fam, name, size, ref)
     row.update(cut)
     if "reason" in cut:
         return done(cut.pop("reason"))
     if name not in NO_TRAIN_STEP:
-        zoo._phase("training step of the pruned model")
+        zoo.phase("training step of the pruned model")
         model.train()
         model.zero_grad(set_to_none=True)
         fam.loss(model, fam.inputs(name, size, 2), ref).backward()
@@ -166,7 +166,7 @@ def gate_row(name: str, seed: int = 0) -> dict:
             return done("the pruned model's gradients are not finite")
         model.zero_grad(set_to_none=True)
     model.eval()
-    zoo._phase("eval forward of the pruned model")
+    zoo.phase("eval forward of the pruned model")
     with torch.no_grad():
         out = model(*x)
     if zoo.structure(out) != zoo.structure(ref):
@@ -251,7 +251,7 @@ def _worker(tasks, results) -> None:
         os._exit(1)
 
     threading.Thread(target=orphaned, daemon=True).start()
-    zoo._PROGRESS = results
+    zoo.PROGRESS = results
     while True:
         name = tasks.get()
         if name is None:
@@ -311,7 +311,7 @@ def run(names: list[str], workers: int = WORKERS, timeout: float = TIMEOUT, log=
                     rows[got[0]] = got[1]
                     if log:
                         log(f"{got[0]}: {got[1]['status']} ({got[1].get('seconds', '-')} s) {got[1].get('reason', '')}")
-                    if zoo._rss_mib(s.proc.pid) > RECYCLE_MIB:
+                    if zoo.rss_mib(s.proc.pid) > RECYCLE_MIB:
                         s.stop()
                         slots[i] = s = _Slot(ctx)
                 broke = None
@@ -320,7 +320,7 @@ def run(names: list[str], workers: int = WORKERS, timeout: float = TIMEOUT, log=
                         broke = f"worker died (exit {s.proc.exitcode})"
                     elif time.monotonic() - s.since > timeout:
                         broke = f"did not finish in {timeout:.0f} s"
-                    elif zoo._rss_mib(s.proc.pid) > MAX_RSS_MIB:
+                    elif zoo.rss_mib(s.proc.pid) > MAX_RSS_MIB:
                         broke = f"over {MAX_RSS_MIB / 1024:.0f} GiB resident"
                 if broke:
                     rows[s.name] = {"status": "fail", "reason": f"{broke} ({s.phase})"}

@@ -1,7 +1,8 @@
 """fxtaylor: remove whole feature maps from CNNs, ranked by the activation-Taylor criterion.
 
-Data flow: ``graph`` (which channels are tied) → ``flops`` (what a channel costs) →
-``importance`` (what a channel is worth) → ``pruner`` (the paper's loop) → ``cli`` / ``report``.
+Data flow: ``graph`` (which channels are tied) → ``cost`` (what a channel costs in a resource:
+FLOPs, latency, parameter bytes, peak memory) → ``importance`` (what a channel is worth) →
+``pruner`` (the paper's loop, resource-agnostic) → ``cli`` / ``report``.
 """
 import warnings
 
@@ -9,20 +10,23 @@ with warnings.catch_warnings():
     # torchvision's and fvcore's import-time torch.jit.script calls: deprecated in torch 2.14,
     # not ours to fix, and noise in every user's log
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
-    from .errors import FxTaylorError, PruneError, TraceError
+    from .cost import RESOURCES, CostModel
+    from .errors import ArgumentError, FxTaylorError, PruneError, TraceError, WriteError
     from .graph import ChannelGraph, ChannelGroup, FeatureMap, Member, trace
     from .importance import (
-        ActivationMeanImportance, ActivationStdImportance, OracleImportance, RandomImportance, TaylorImportance,
+        GraphImportance, ActivationMeanImportance, ActivationStdImportance, OracleImportance, RandomImportance, TaylorImportance,
         WeightImportance, spearman,
     )
     from .latency import Deployment
     from .pruner import PruneResult, Pruner, Schedule, Target, prune
     from .saving import load, save
 
-__version__ = "0.1.0"
+    from .version import __version__
+
 __all__ = [
-    "ActivationMeanImportance", "ActivationStdImportance", "OracleImportance", "RandomImportance",
-    "TaylorImportance", "WeightImportance", "spearman",
-    "ChannelGraph", "ChannelGroup", "FeatureMap", "FxTaylorError", "Member", "PruneError",
-    "TraceError", "trace", "Deployment", "PruneResult", "Pruner", "Schedule", "Target", "prune", "load", "save",
+    "ActivationMeanImportance", "ActivationStdImportance", "GraphImportance", "OracleImportance", "RandomImportance",
+    "TaylorImportance", "WeightImportance", "spearman", "CostModel", "RESOURCES",
+    "ArgumentError", "ChannelGraph", "ChannelGroup", "FeatureMap", "FxTaylorError", "Member", "PruneError",
+    "TraceError", "WriteError", "trace", "Deployment", "PruneResult", "Pruner", "Schedule", "Target", "prune",
+    "load", "save", "__version__",
 ]

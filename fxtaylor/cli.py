@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, optim
 from .errors import FxTaylorError, message
 from .files import atomic_write, check_writable_dir
 
@@ -30,13 +30,21 @@ RESUME_MAY_CHANGE = ("device", "workers", "progress", "debug")
 NOT_SETTINGS = ("func", "resume", "out", "progress", "debug", "given", "argv")  # never saved in args.json
 RUN_META = ("argv", "timings", "resumes")  # what args.json holds besides the settings
 DEBUG_ENV = "FXTAYLOR_DEBUG"
+DEFAULT_TARGET = ("flops", 0.5)  # the target when none is given: the paper's resource, half of it
 
 
-def _fraction(text: str) -> float:
-    v = float(text)
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
-    return v
+def _checked(parse, check):
+    """An argparse type: ``parse`` the text, then ``check(value)`` with the library's own
+    validator (a Target, Schedule or Deployment field, λ), so a bad value is refused by the
+    parser with the message ``fxtaylor.prune`` would give — one rule, written once."""
+    def convert(text: str):
+        v = parse(text)
+        try:
+            check(v)
+        except FxTaylorError as e:
+            raise argparse.ArgumentTypeError(message(e)) from None
+        return v
+    return convert
 
 
 def _non_negative(text: str) -> float:
@@ -60,15 +68,19 @@ def _count(text: str) -> int:
     return v
 
 
-def _unit(text: str) -> float:
-    v = float(text)
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
-    return v
-
-
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    # the library's settings are only parsed here (float, int): their ranges are checked once,
+    # by the same validators fxtaylor.prune uses (_settings_ok)
+    from .cost import RESOURCES
+    from .latency import Deployment
     from .pruner import DEFAULT_FLOPS_REG
+    from .pruner.options import CRITERIA, SELECTIONS, Schedule, Target, check_flops_reg
+
+    def schedule(field: str, parse=int):  # a Schedule field, checked by Schedule
+        return _checked(parse, lambda v: Schedule(**{field: v}))
+
+    def deployed(field: str):  # a Deployment field, checked by Deployment
+        return _checked(int, lambda v: Deployment(**{field: v}))
 
     parser = argparse.ArgumentParser(prog="fxtaylor", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.splitlines()[2:]))
@@ -77,40 +89,41 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     parser.commands = {}  # name -> sub-parser, for _given()
 
-    p = parser.commands["prune"] = sub.add_parser("prune", help="prune a model to a FLOPs or latency target (no arguments: the offline default)")
+    p = parser.commands["prune"] = sub.add_parser(
+        "prune", help=f"prune a model to a target ({', '.join(RESOURCES)}; no arguments: the offline default)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     p.add_argument("--model", default="resnet18", help="torchvision (or timm) classification model name [resnet18]")
     p.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a state dict file, or a model saved by fxtaylor")
     p.add_argument("--data", help="ImageFolder directory with train/<class>/ and val/<class>/ [bundled digits]")
-    p.add_argument("--target-flops", type=_fraction, help="fraction of the FLOPs to keep [0.5 unless --target-latency]")
-    p.add_argument("--target-latency", type=_fraction,
-                   help="instead: fraction of the latency to keep, measured on the deployment below (docs/latency.md)")
+    for name, resource in RESOURCES.items():  # one target: --target-flops 0.5 unless another is given
+        p.add_argument(f"--target-{name}", type=_checked(float, lambda v, name=name: Target(name, v)), help=resource.help + (f" [{DEFAULT_TARGET[1]}]" if name == DEFAULT_TARGET[0] else ""))
     p.add_argument("--latency-device", help="device the latency is measured on [the --device]")
-    p.add_argument("--latency-batch", type=_positive_int, default=1, help="batch size of the deployment [1]")
+    p.add_argument("--latency-batch", type=deployed("batch_size"), default=1, help="batch size of the deployment [1]")
     p.add_argument("--latency-dtype", default="float32", help="float32, float16 or bfloat16 [float32]")
     p.add_argument("--latency-format", help="channels_last or contiguous [per device, docs/latency.md]")
-    p.add_argument("--latency-threads", type=_positive_int, help="CPU threads while timing [torch's default]")
+    p.add_argument("--latency-threads", type=deployed("threads"), help="CPU threads while timing [torch's default]")
     p.add_argument("--latency-table", metavar="DIR",
                    help="latency tables measured on another machine (its <cache>/latency/<deployment key> folder): "
                         "--target-latency is then reached by their prediction, nothing is timed here")
-    p.add_argument("--selection", choices=["rank", "knapsack"],
+    p.add_argument("--selection", choices=SELECTIONS,
                    help="rank: lowest score first (paper); knapsack: lowest importance per resource saved [rank]")
-    p.add_argument("--flops-reg", type=_non_negative, default=DEFAULT_FLOPS_REG, help=f"λ, FLOPs regularisation [{DEFAULT_FLOPS_REG}]")
-    p.add_argument("--updates-between-prunes", type=_positive_int, help="minibatch updates observed per pruning step [30; 10 on digits]")
-    p.add_argument("--maps-per-prune", type=_positive_int, help="maps removed per step [1 %% of the prunable maps]")
-    p.add_argument("--flops-per-prune", type=_fraction, help="instead: remove this fraction of the original FLOPs (or latency) per step")
-    p.add_argument("--round-to", type=_positive_int,
+    p.add_argument("--flops-reg", type=_checked(float, check_flops_reg), default=DEFAULT_FLOPS_REG,
+                   help=f"λ, the weight of the target resource's cost in each score [{DEFAULT_FLOPS_REG}]")
+    p.add_argument("--updates-between-prunes", type=schedule("updates_between_prunes"), help="minibatch updates observed per pruning step [30; 10 on digits]")
+    p.add_argument("--maps-per-prune", type=schedule("maps_per_prune"), help="maps removed per step [1 %% of the prunable maps]")
+    p.add_argument("--flops-per-prune", type=schedule("per_prune", float), help="instead: remove this fraction of the dense model's target resource per step")
+    p.add_argument("--round-to", type=schedule("round_to"),
                    help="keep channel counts multiples of this [1 for FLOPs; for latency, the multiple the measured tables prefer]")
     p.add_argument("--inexact", dest="exact", action="store_false",
                    help="also prune channels tied through a normaliser's statistics (ConvNeXt's layer norms, NFNets); not exact, docs/graph.md")
-    p.add_argument("--criterion", default="taylor", choices=["taylor", "weight", "activation_mean", "activation_std", "random"],
+    p.add_argument("--criterion", default="taylor", choices=list(CRITERIA),
                    help="how maps are ranked [taylor, the paper's]; the others are baselines")
     p.add_argument("--lr", type=_non_negative, help="SGD learning rate while pruning [1e-4 (paper); 1e-3 on digits]")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="[32, as the paper]")
     p.add_argument("--finetune-epochs", type=_count, help="epochs of fine-tuning before pruning [0; 8 on digits, cached]")
     p.add_argument("--finetune-lr", type=_non_negative, default=0.05, help="peak one-cycle learning rate of that fine-tuning [0.05]")
-    p.add_argument("--final-updates", type=_count, default=0, help="fine-tuning updates after the last pruning step [0]")
-    p.add_argument("--min-accuracy", type=_unit, help="stop before validation accuracy falls below this fraction")
+    p.add_argument("--final-updates", type=schedule("final_updates"), default=0, help="fine-tuning updates after the last pruning step [0]")
+    p.add_argument("--min-accuracy", type=schedule("min_accuracy", float), help="stop before validation accuracy falls below this fraction")
     p.add_argument("--input-size", type=_positive_int, help="image side [32 on digits, 224 otherwise]")
     p.add_argument("--workers", type=_count, help="data-loading processes for --data [min(4, cores)]")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="[cuda if available, else cpu]")
@@ -160,10 +173,14 @@ def _prune(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     main = distributed.is_main()
-    if args.target_flops is not None and args.target_latency is not None:
-        raise FxTaylorError("give --target-flops or --target-latency, not both")
-    if args.latency_table and args.target_latency is None:
-        raise FxTaylorError("--latency-table is for --target-latency: give the fraction of the latency to keep")
+    from .cost import LatencyCost
+
+    targets = _targets(args)
+    if len(targets) > 1:
+        flags = [f"--target-{k[len('target_'):]}" for k in targets]
+        raise FxTaylorError(f"give {' or '.join(flags)}, not {'both' if len(flags) == 2 else 'several'}")
+    if args.latency_table and f"target_{LatencyCost.name}" not in targets:
+        raise FxTaylorError(f"--latency-table is for --target-{LatencyCost.name}: give the fraction of the {LatencyCost.label} to keep")
     try:
         (out, meta), error = _run_dir(args), None
     except FxTaylorError as e:
@@ -176,8 +193,8 @@ def _prune(args: argparse.Namespace) -> int:
             print(f"fxtaylor: {out} is a finished run: nothing to resume (its report, unchanged, follows)", file=sys.stderr)
             print(_report().summary_table(_report().read(out)))
         return 0
-    if args.target_flops is None and args.target_latency is None:
-        args.target_flops = 0.5
+    if not _targets(args):  # (a resume has its run's target by now)
+        setattr(args, f"target_{DEFAULT_TARGET[0]}", DEFAULT_TARGET[1])
     on_digits = args.data is None
     if args.updates_between_prunes is None:
         args.updates_between_prunes = 10 if on_digits else 30
@@ -190,10 +207,9 @@ def _prune(args: argparse.Namespace) -> int:
     if main:
         where = f" on {distributed.world_size()} processes" if distributed.active() else ""
         print(f"fxtaylor: {args.model} on {work.description}{where}", file=sys.stderr)
-    opt = torch.optim.SGD(work.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    opt = optim.paper_sgd(work.model, lr=args.lr)
     cost = None
     if args.latency_table:
-        from .cost import LatencyCost
         from .latency import LatencyModel
 
         cost = LatencyCost(table=LatencyModel.load(args.latency_table, work.model, next(iter(work.train))[0][:1]))
@@ -207,7 +223,7 @@ def _prune(args: argparse.Namespace) -> int:
 
     try:
         result = run_prune(
-            work.model, work.train, target_flops=args.target_flops, target_latency=args.target_latency,
+            work.model, work.train, **_targets(args),
             deployment=_deployment(args), cost=cost, optimizer=opt, val_loader=work.val,
             updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
             flops_per_prune=args.flops_per_prune, criterion=args.criterion, round_to=args.round_to, selection=args.selection,
@@ -245,12 +261,19 @@ def _prune(args: argparse.Namespace) -> int:
 def _settings_ok(args: argparse.Namespace) -> None:
     """The pruning settings, checked as :func:`fxtaylor.prune` will check them, before the
     model is built (or trained, on digits without a cache)."""
-    from .pruner.options import Schedule, Target
+    from .pruner.options import Schedule, check_ranking, split_options
 
-    Target(flops=args.target_flops, latency=args.target_latency)
-    Schedule(updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
-             per_prune=args.flops_per_prune, round_to=args.round_to, selection=args.selection,
-             final_updates=args.final_updates, min_accuracy=args.min_accuracy)
+    split_options(None, Schedule(updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
+                                 per_prune=args.flops_per_prune, round_to=args.round_to, selection=args.selection,
+                                 final_updates=args.final_updates, min_accuracy=args.min_accuracy), _targets(args))
+    check_ranking(args.criterion, "l2", args.flops_reg)
+
+
+def _targets(args: argparse.Namespace) -> dict[str, float]:
+    """The --target-<resource> flags given: ``{"target_flops": 0.5}``."""
+    from .pruner.options import target_names
+
+    return {k: getattr(args, k) for k in target_names() if getattr(args, k, None) is not None}
 
 
 def _deployment(args: argparse.Namespace):
@@ -300,8 +323,8 @@ def _run_dir(args: argparse.Namespace) -> tuple[Path, dict]:
 
 def _same_flags(args: argparse.Namespace, saved: dict, out: Path) -> None:
     """--resume continues a run as it was started: a flag given now must equal the saved one."""
-    defaults = {a.dest: a.default for a in _parser().commands["prune"]._actions}
-    options = {a.dest: max(a.option_strings, key=len) for a in _parser().commands["prune"]._actions if a.option_strings}
+    defaults = {a.dest: a.default for a in build_parser().commands["prune"]._actions}
+    options = {a.dest: max(a.option_strings, key=len) for a in build_parser().commands["prune"]._actions if a.option_strings}
     differ = []
     for dest in sorted(args.given - set(RESUME_MAY_CHANGE) - {"out", "resume"}):
         was, now = saved.get(dest, defaults.get(dest)), getattr(args, dest)
@@ -403,19 +426,27 @@ def inspect(args: argparse.Namespace) -> int:
 
 
 def _reachable(model: torch.nn.Module, x: torch.Tensor, graph, flops, args: argparse.Namespace) -> str:
-    """What pruning can remove of the FLOPs (and of the latency, with --latency-table), exact
-    and with --inexact: the share the prunable groups carry. A target below it is refused."""
-    from .cost import FlopsCost, LatencyCost
+    """What pruning can remove of each counted resource (and of the latency, with
+    --latency-table), exact and with --inexact: the share the prunable groups carry. A target
+    below it is refused."""
+    from .cost import RESOURCES, LatencyCost
     from .graph import trace
+    from .latency import Deployment
 
     other = trace(model, x, exact=not args.exact)
     inexact = other if args.exact else graph
-    shares = {"FLOPs": [flops.reachable(), FlopsCost().sync(other, x).reachable()]}
-    if args.latency_table:
-        from .latency import LatencyModel
+    here = Deployment().resolved(model)
+    shares = {}
+    for r in RESOURCES.values():
+        if isinstance(flops, r):
+            shares[r.label] = [flops.reachable(), r().sync(other, x).reachable()]
+        elif not r.measured:
+            shares[r.label] = [r.for_run(here, progress=False).sync(g, x).reachable() for g in (graph, other)]
+        elif r is LatencyCost and args.latency_table:  # measured: only its tables can say
+            from .latency import LatencyModel
 
-        table = LatencyModel.load(args.latency_table, model, x)
-        shares["latency (predicted)"] = [LatencyCost(table=table).sync(g, x).reachable() for g in (graph, other)]
+            table = LatencyModel.load(args.latency_table, model, x)
+            shares[f"{r.label} (predicted)"] = [LatencyCost(table=table).sync(g, x).reachable() for g in (graph, other)]
     if not args.exact:
         shares = {k: v[::-1] for k, v in shares.items()}
     parts = [f"{v[0]:.1%} of the {k}" for k, v in shares.items()]
@@ -433,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     # torchvision's model code still calls torch.jit.script; torch 2.14 deprecates it loudly
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.argv, args.given = argv, _given(argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
@@ -463,7 +494,7 @@ def _one_line(e: BaseException, debug: bool) -> str:
 def _given(argv: list[str]) -> set[str]:
     """The settings the command line names explicitly (not left at their defaults): what a
     resume must compare with the run's saved ones."""
-    parser = _parser()
+    parser = build_parser()
     for sub in (parser, *parser.commands.values()):
         for action in sub._actions:
             if action.dest != "help":

@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .devices import device_of
 from .errors import FxTaylorError
 
 
@@ -73,7 +74,7 @@ def wrap(model: nn.Module, ddp_kwargs: dict[str, Any] | None, old: nn.Module | N
     if not active():
         return model
     if ddp_kwargs is None:
-        device = next(model.parameters()).device
+        device = device_of(model)
         ddp_kwargs = {"device_ids": [device]} if device.type == "cuda" else {}
     return DDP(model, **ddp_kwargs)
 

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
+from .devices import device_of
 from .errors import FxTaylorError, describe
 from .modes import in_eval, preserved
 
@@ -62,12 +63,6 @@ def check_model(model: Any, what: str = "model") -> None:
             "create it on a real device, or call model.to_empty(device=...) and load its weights first")
 
 
-def device_of(model: nn.Module) -> torch.device | None:
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return None
-
-
 def tensors(x: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor in ``x`` (tuples, lists and dicts walked) with where it is: ``[0][1]``."""
     if isinstance(x, torch.Tensor):
@@ -93,7 +88,7 @@ def check_values(model: nn.Module | None, example: Any, what: str = "example_inp
     meta = next((w for w, t in found if t.is_meta), None)
     if meta is not None:
         raise FxTaylorError(f"{what}{meta} is on the meta device (shapes without values): pass real tensors, e.g. torch.randn(...)")
-    own = device_of(model) if model is not None and device else None
+    own = device_of(model, default=None) if model is not None and device else None
     if own is not None:
         other = next(((w, t) for w, t in found if t.device != own), None)
         if other is not None:

@@ -23,7 +23,10 @@ import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import elementwise_flop_counter, get_shape
 
+from .devices import device_of
 from .modes import in_eval
+
+MISSING = "–"  # printed for a value a run did not record (en dash: reads as "none", not as minus)
 
 
 _ZERO = [
@@ -80,8 +83,7 @@ def _quiet():
 
 def _inputs_on(model: nn.Module, example_inputs: Any) -> tuple:
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
+    device = device_of(model)
     return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
 
 
@@ -100,3 +102,23 @@ def count(model: nn.Module, example_inputs: Any) -> tuple[int, dict[str, int]]:
             if parent in own:
                 own[parent] -= by_module[name]
     return by_module.get("", 0), own
+
+
+def flops_unit(flops: float) -> tuple[float, str]:
+    """The divisor and unit that show ``flops`` with one to three integer digits."""
+    for scale, unit in ((1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "KFLOPs")):
+        if abs(flops) >= scale:
+            return scale, unit
+    return 1.0, "FLOPs"
+
+
+def format_flops(flops: float | None, like: float | None = None) -> str:
+    """``1823572992`` → ``"1.82 GFLOPs"``, ``40960`` → ``"40.96 KFLOPs"``.
+
+    ``like``: pick the unit for this value instead, so that numbers compared side by side share
+    one unit (``"1.82 GFLOPs"`` next to ``"0.91 GFLOPs"``, not ``"911.79 MFLOPs"``).
+    """
+    if flops is None:
+        return MISSING
+    scale, unit = flops_unit(flops if like is None else like)
+    return f"{flops / scale:.2f} {unit}" if scale > 1 else f"{flops:.0f} {unit}"

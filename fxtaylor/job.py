@@ -5,7 +5,7 @@ Two workloads:
 - the embedded default (no ``--data``): scikit-learn's bundled handwritten digits (real 8×8
   scans, upsampled to 32×32 RGB), a torchvision ResNet-18 trained on them. Pretrained weights
   cannot be downloaded offline, so "fine-tuning" here is training from scratch, once: the
-  result is cached (``$FXTAYLOR_CACHE`` or ``~/.cache/fxtaylor``), so later runs start pruning.
+  result is cached (:func:`fxtaylor.cache.cache_dir`: ``$FXTAYLOR_CACHE`` or ``~/.cache/fxtaylor``), so later runs start pruning.
 - ``--data DIR``: an ImageFolder tree ``DIR/train/<class>/*`` and ``DIR/val/<class>/*``, with
   ``--weights`` (a torchvision weights name such as ``DEFAULT``/``IMAGENET1K_V1``, a local
   state dict, or a model saved by fxtaylor) and optionally ``--finetune-epochs``.
@@ -24,6 +24,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from . import datasets, distributed, models, saving
+from .cache import cache_dir
+from .devices import device_of
 from .errors import FxTaylorError, describe
 
 
@@ -35,10 +37,6 @@ class Job:
     val: DataLoader
     description: str
     finetune_s: float = 0.0
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FXTAYLOR_CACHE") or Path.home() / ".cache" / "fxtaylor")
 
 
 def build(args) -> Job:
@@ -191,7 +189,7 @@ def finetune(model: nn.Module, loader: DataLoader, epochs: int, lr: float, progr
     inputs.check_batch(model, x, y, None, loader, None)
     net = distributed.wrap(model, None) if ddp else model
     progress = progress and distributed.is_main()
-    device = next(model.parameters()).device
+    device = device_of(model)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .devices import device_of
 from .errors import FxTaylorError
 from .graph import ChannelGraph, trace
 
@@ -72,8 +73,7 @@ def _zeros(shape: Any, device) -> Any:
 def replay(model: nn.Module, input_shape: list, trace_kwargs: dict, removed_units: list[int] | torch.Tensor) -> ChannelGraph:
     """Prune ``model`` (unpruned, on any device) by removing ``removed_units`` of its channel
     graph; returns the graph, which now describes the pruned model."""
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else "cpu"
+    device = device_of(model)
     if all(isinstance(d, int) for d in input_shape):  # one input tensor
         x = torch.zeros(input_shape, device=device)
     else:  # the model's arguments (a detection model's list of images): zeros of each shape

@@ -19,10 +19,10 @@ import torch.nn as nn
 from .graph import ChannelGraph, ChannelGroup
 
 
-def paper_sgd(model: nn.Module) -> torch.optim.Optimizer:
+def paper_sgd(model: nn.Module, lr: float = 1e-4) -> torch.optim.Optimizer:
     """The paper's fine-tuning optimizer (Birds-200 / VGG-16): SGD, lr 1e-4, momentum 0.9,
-    weight decay 1e-4."""
-    return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    weight decay 1e-4 (the command's ``--lr`` changes only the learning rate)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
 
 
 def _touched(graph: ChannelGraph, group: ChannelGroup) -> dict[str, nn.Parameter]:

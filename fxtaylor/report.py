@@ -45,13 +45,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FxTaylorError, WriteError, describe
+from .cost import RESOURCES
 from .files import atomic_write
+from .flops import MISSING, flops_unit, format_flops
+from .latency import deployment
+from .latency.verdict import not_faster
 
 REPORT_FILE = "report.json"
 # Plot name → file name. The names are the keys write() returns and command() prints.
 PLOT_FILES = {"accuracy_vs_flops": "accuracy_vs_flops.png", "channels": "channels.png"}
 
-MISSING = "–"  # printed for a value the run did not record (en dash: reads as "none", not as minus)
 DPI = 100  # fixed, so a figure of w×h inches is always a (w·DPI)×(h·DPI) image
 MAX_TICK_LABELS = 40  # more layer names than this on one axis overlap; show every k-th instead
 
@@ -149,26 +152,6 @@ def jsonable(value: Any) -> Any:
 # Numbers as people read them
 # --------------------------------------------------------------------------------------------
 
-def flops_unit(flops: float) -> tuple[float, str]:
-    """The divisor and unit that show ``flops`` with one to three integer digits."""
-    for scale, unit in ((1e9, "GFLOPs"), (1e6, "MFLOPs"), (1e3, "KFLOPs")):
-        if abs(flops) >= scale:
-            return scale, unit
-    return 1.0, "FLOPs"
-
-
-def format_flops(flops: float | None, like: float | None = None) -> str:
-    """``1823572992`` → ``"1.82 GFLOPs"``, ``40960`` → ``"40.96 KFLOPs"``.
-
-    ``like``: pick the unit for this value instead, so that numbers compared side by side share
-    one unit (``"1.82 GFLOPs"`` next to ``"0.91 GFLOPs"``, not ``"911.79 MFLOPs"``).
-    """
-    if flops is None:
-        return MISSING
-    scale, unit = flops_unit(flops if like is None else like)
-    return f"{flops / scale:.2f} {unit}" if scale > 1 else f"{flops:.0f} {unit}"
-
-
 def format_params(params: float | None, like: float | None = None) -> str:
     """``11689512`` → ``"11.69 M"``, ``4500`` → ``"4.50 K"``; ``like`` as in :func:`format_flops`."""
     if params is None:
@@ -242,12 +225,16 @@ def summary_table(report: dict) -> str:
         return format_accuracy(v)
 
     rows = [("metric", "before", "after", "change")]
-    for label, key, fmt, change in (
+    shown = [
         ("FLOPs", "flops", format_flops, ratio),
         ("params", "params", format_params, ratio),
         ("accuracy", "accuracy", pct, accuracy_change),
         ("latency (ms)", "latency_ms", ms, ratio),
-    ):
+    ]
+    # every other resource the run counted (the target's own field: parameter bytes, peak memory)
+    shown += [(r.label, r.key, r.format, ratio) for r in RESOURCES.values()
+              if r.key not in {k for _, k, _, _ in shown} and (r.key in before or r.key in after)]
+    for label, key, fmt, change in shown:
         b, a = _known(before.get(key)), _known(after.get(key))
         # One unit per row, the larger value's: "1.82 GFLOPs  0.91 GFLOPs" compares at a glance.
         like = max((v for v in (b, a) if v is not None), default=None)
@@ -265,22 +252,24 @@ def summary_table(report: dict) -> str:
 
     speedup = _known(report.get("speedup"))
     dep = (report.get("config") or {}).get("deployment") or {}
-    where = f" on {dep.get('device')}, batch {dep.get('batch_size')}, {dep.get('dtype')}" if dep.get("device") else ""
+    where = f" on {deployment.describe(dep)}" if dep.get("device") else ""
     status = [f"speed-up {MISSING if speedup is None else f'{speedup:.2f}×'}{where}", outcome(report)]
     total = (report.get("timings") or {}).get("total_s")
     if total is not None:
         status.append(f"total time {format_duration(total)}")
     lines.append(" · ".join(status))
+    if speedup is not None and dep.get("device"):  # a latency holds for the layout, dtype and threads it was measured in
+        lines.append(f"measured as deployed; run it the same way: {deployment.how_to_run(dep)}")
     cfg = report.get("config") or {}
-    if cfg.get("target") == "latency" and _known(cfg.get("reachable")) is not None:
-        lines.append(f"channel pruning can remove at most {cfg['reachable']:.0%} of this deployment's latency (predicted; "
-                     "the rest is per-call overhead and layers no channel cut narrows)")
+    r = RESOURCES.get(cfg.get("target"))
+    if r is not None and r.measured and _known(cfg.get("reachable")) is not None:
+        lines.append(f"channel pruning can remove at most {cfg['reachable']:.0%} of this deployment's {r.label} (predicted; "
+                     f"the rest is {r.unremovable + ' and ' if r.unremovable else ''}layers no channel cut narrows)")
     slower, noise = _known(after.get("latency_ratio")), _known(after.get("latency_ratio_noise")) or 0.0
     slower = slower if slower is not None else (1 / speedup if speedup else None)  # pruned ÷ dense latency
-    if slower is not None and slower >= 1 - noise:
-        verdict = "not faster" if slower >= 1 else f"not measurably faster (±{noise:.2f})"
-        lines.append(f"WARNING: the pruned model is {verdict} than the dense one on this deployment; "
-                     "prune with --target-latency for it (docs/latency.md)")
+    said = not_faster(slower, noise)
+    if said is not None:
+        lines.append(f"WARNING: {said}")
     return "\n".join(lines)
 
 

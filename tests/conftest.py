@@ -23,6 +23,6 @@ def cpu_without_half_conv(monkeypatch):
         return real(self, x, w, b)
 
     monkeypatch.setattr(nn.Conv2d, "_conv_forward", no_half)
-    deployment._check_runs.cache_clear()
+    deployment.check_runs.cache_clear()
     yield
-    deployment._check_runs.cache_clear()
+    deployment.check_runs.cache_clear()

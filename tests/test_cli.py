@@ -26,25 +26,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import fxtaylor  # noqa: E402
+from helpers import image_folder  # noqa: E402
 
 QUICK = ["--target-flops", "0.8", "--maps-per-prune", "150", "--updates-between-prunes", "2", "--no-progress"]
 
 
-def _image_folder(root, classes=("a", "b", "c"), per_class=4, splits=("train", "val")):
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(0)
-    for split in splits:
-        for c in classes:
-            (root / split / c).mkdir(parents=True)
-            for i in range(per_class):
-                pixels = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
-    return root
-
-
 def test_prune_on_an_image_folder_writes_a_complete_run(tmp_path, capsys):
-    data = _image_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     out = tmp_path / "run"
     assert main(["prune", "--data", str(data), "--model", "resnet18", "--input-size", "32", "--batch-size", "4",
                  "--workers", "0", "--out", str(out), *QUICK]) == 0
@@ -117,23 +105,23 @@ def test_out_of_range_numbers_are_refused_by_the_parser(capsys, flag, value):
 
 
 def test_resume_continues_an_interrupted_command(tmp_path, capsys, monkeypatch):
-    data = _image_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     common = ["--data", str(data), "--input-size", "32", "--batch-size", "4", "--workers", "0", *QUICK, "--maps-per-prune", "80"]
     assert main(["prune", *common, "--out", str(tmp_path / "full")]) == 0
     from fxtaylor.pruner import loop
 
-    real = loop._Run._checkpoint
+    real = loop.Run._checkpoint
 
     def killed_after_step_2(self):
         real(self)
         if len(self.history) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop._Run, "_checkpoint", killed_after_step_2)
+    monkeypatch.setattr(loop.Run, "_checkpoint", killed_after_step_2)
     assert main(["prune", *common, "--out", str(tmp_path / "cut")]) == 130
     assert "--resume --out RUN_DIR" in capsys.readouterr().err
     assert not (tmp_path / "cut" / "report.json").exists()
-    monkeypatch.setattr(loop._Run, "_checkpoint", real)
+    monkeypatch.setattr(loop.Run, "_checkpoint", real)
     assert main(["prune", "--resume", "--out", str(tmp_path / "cut"), "--no-progress"]) == 0
     full, cut = (json.loads((tmp_path / r / "report.json").read_text()) for r in ("full", "cut"))
     strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
@@ -147,7 +135,7 @@ def test_weights_from_files(tmp_path, capsys):
     further: its record nests), and a pickled module (refused)."""
     import torchvision
 
-    data = _image_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     common = ["--data", str(data), "--input-size", "32", "--batch-size", "4", "--workers", "0", *QUICK]
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "sd.pt")
     assert main(["prune", *common, "--weights", str(tmp_path / "sd.pt"), "--out", str(tmp_path / "r1")]) == 0
@@ -167,7 +155,7 @@ def test_weights_from_files(tmp_path, capsys):
 def test_prune_to_a_latency_target_on_an_image_folder(tmp_path, capsys, monkeypatch):
     """--target-latency with a deployment from the command line: recorded, measured, summarised."""
     monkeypatch.setenv("FXTAYLOR_CACHE", str(tmp_path / "cache"))
-    data = _image_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     out = tmp_path / "run"
     assert main(["prune", "--data", str(data), "--model", "resnet18", "--input-size", "32", "--batch-size", "4",
                  "--workers", "0", "--out", str(out), "--target-latency", "0.9", "--latency-batch", "8",

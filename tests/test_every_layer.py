@@ -127,7 +127,7 @@ def _detection(name):
     import zoo_gate
 
     torch.manual_seed(0)
-    return zoo_gate._build(zoo_gate.zoo.family_of(name), name, 96).eval(), zoo_gate.zoo.family_of(name)
+    return zoo_gate.gate_model(zoo_gate.zoo.family_of(name), name, 96).eval(), zoo_gate.zoo.family_of(name)
 
 
 @pytest.mark.parametrize("name,layer", [("maskrcnn_resnet50_fpn", "roi_heads.mask_predictor.conv5_mask"),
@@ -141,7 +141,7 @@ def test_rcnn_transposed_conv_heads_prunable_and_dead_channel_exact(name, layer)
     for role in ("in", "out") if name.startswith("mask") else ("in",):  # keypoint logits reach the output
         g = _group_with(graph, layer, role)
         chans = random.Random(0).sample(range(g.size), 3)
-        dead = zoo.dead_channel_test(model, x, zoo._fx_kill, g.index, chans, fam.probes, "float64")
+        dead = zoo.dead_channel_test(model, x, zoo.fx_kill, g.index, chans, fam.probes, "float64")
         assert dead.passed, f"{layer}.{role}: {dead}"
 
 
@@ -159,7 +159,7 @@ def test_groupnorm_detection_heads_prune_by_whole_groups_and_pass_the_dead_chann
     for i in sorted(groups)[:2]:
         g = graph.groups[i]
         chans = random.Random(i).sample(range(g.size), 2)
-        dead = zoo.dead_channel_test(model, x, zoo._fx_kill, g.index, chans, fam.probes, "float64")
+        dead = zoo.dead_channel_test(model, x, zoo.fx_kill, g.index, chans, fam.probes, "float64")
         assert dead.passed, f"group {g}: {dead}"
 
 

@@ -109,11 +109,11 @@ def test_auxiliary_heads_train_and_are_observed_on_the_default_path():
 
 
 def test_auxiliary_loss_is_the_main_loss_plus_its_weight_times_each_aux_loss():
-    from fxtaylor.pruner.loop import AUX_WEIGHT, _with_aux
+    from fxtaylor.pruner.training import AUX_WEIGHT, with_aux
 
     g = torch.Generator().manual_seed(0)
     logits, aux, y = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g), torch.tensor([0, 1, 2, 3])
     ce = nn.CrossEntropyLoss()
-    got = _with_aux(ce, Outputs(logits, aux), y)
+    got = with_aux(ce, Outputs(logits, aux), y)
     assert torch.allclose(got, ce(logits, y) + AUX_WEIGHT * ce(aux, y))
-    assert torch.equal(_with_aux(ce, logits, y), ce(logits, y))
+    assert torch.equal(with_aux(ce, logits, y), ce(logits, y))

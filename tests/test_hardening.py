@@ -15,8 +15,9 @@ from fxtaylor import FxTaylorError, PruneError
 from fxtaylor.cli import main
 from fxtaylor.files import atomic_write, remove_leftovers
 from fxtaylor.pruner import loop
-from test_cli import QUICK, _image_folder
-from test_prune import FAST, Stop, TinyResNet, _state, fresh, loaders
+from helpers import cloned_state, image_folder
+from test_cli import QUICK
+from test_prune import FAST, Stop, TinyResNet, fresh, loaders
 
 
 def _snapshot(directory):
@@ -127,7 +128,7 @@ CASES = {
 def test_bad_input_is_refused_before_anything_is_modified(tmp_path, case):
     make_model, make_loader, kwargs, msg = CASES[case]
     model = make_model()
-    before = _state(model) if not case.startswith("meta") else None
+    before = cloned_state(model) if not case.startswith("meta") else None
     ckpt = tmp_path / "ckpt"
     with pytest.raises(FxTaylorError, match=msg) as e:
         fxtaylor.prune(model, make_loader(), checkpoint_dir=ckpt, **{**FAST, **kwargs})
@@ -146,7 +147,7 @@ def test_unwritable_checkpoint_dir_is_refused_before_the_first_cut(tmp_path, whe
     (tmp_path / "afile").write_text("keep")
     ckpt = {"file": tmp_path / "afile", "under a file": tmp_path / "afile" / "run", "read-only": _read_only_dir(tmp_path) / "run"}[where]
     model = fresh()
-    before, files = _state(model), _snapshot(tmp_path)
+    before, files = cloned_state(model), _snapshot(tmp_path)
     with pytest.raises(FxTaylorError, match=msg):
         fxtaylor.prune(model, loaders()[0], checkpoint_dir=ckpt, **FAST)
     assert _same_state(model, before) and model.stem[0].out_channels == 16
@@ -204,7 +205,7 @@ def test_a_stale_graph_refuses_to_prune_and_changes_nothing():
     tp.prune_conv_out_channels(model.down[0], [0, 1])  # pruned by someone else, consistently
     tp.prune_batchnorm_out_channels(model.down[1], [0, 1])
     tp.prune_linear_in_channels(model.fc, [0, 1])
-    before, shapes = _state(model), repr(model)
+    before, shapes = cloned_state(model), repr(model)
     for name in ("down.0", "stem.0"):  # the group that changed, and one that did not
         with pytest.raises(PruneError, match=r"the channel graph is stale: down.0 \(out\) has 30 channels, the graph recorded 32; "
                                              r"the model was changed outside this graph"):
@@ -218,7 +219,7 @@ def test_a_stale_graph_refuses_to_prune_and_changes_nothing():
         model = fresh()
         graph = fxtaylor.trace(model, torch.zeros(1, 1, 8, 8))
         change(model)
-        before, shapes = _state(model), repr(model)
+        before, shapes = cloned_state(model), repr(model)
         with pytest.raises(PruneError, match=msg):
             graph.prune(graph.group_of("stem.0"), [1])
         assert _same_state(model, before) and repr(model) == shapes
@@ -245,7 +246,7 @@ def test_resume_refuses_other_settings_or_another_model_and_adds_up_its_timings(
          r"was made with other settings; these differ: maps_per_prune \(checkpoint: 4, now: 2\), target_flops \(checkpoint: 0.5, now: 0.3\)"),
         (TinyResNet(width=24), {}, r"was made from another model \(\d+ tensors differ; first: "),
     ]:
-        before = _state(model)
+        before = cloned_state(model)
         with pytest.raises(FxTaylorError, match=msg):
             fxtaylor.prune(model, loaders()[0], checkpoint_dir=tmp_path, resume=True, **{**FAST, **kwargs})
         assert _same_state(model, before) and _snapshot(tmp_path) == files
@@ -353,13 +354,13 @@ def test_command_traceback_only_with_debug(tmp_path, capsys, monkeypatch):
 
 
 def test_command_bad_data_is_one_line_and_writes_nothing(tmp_path, capsys):
-    one = _image_folder(tmp_path / "one", classes=("a",), per_class=2, splits=("train", "val"))
+    one = image_folder(tmp_path / "one", classes=("a",), per_class=2, splits=("train", "val"))
     common = ["--input-size", "32", "--batch-size", "4", "--workers", "0", *QUICK, "--model", "squeezenet1_1"]
     assert main(["prune", "--data", str(one), "--out", str(tmp_path / "r1"), *common]) == 2
     err = capsys.readouterr().err
     assert err == (f"fxtaylor: error: --data {one}: {one}/train has one class folder (a): the loss of a single class is always 0 "
                    "and ranks nothing; a classification task needs at least two\n")
-    data = _image_folder(tmp_path / "data", per_class=2)
+    data = image_folder(tmp_path / "data", per_class=2)
     for f in (data / "train").rglob("*.png"):
         f.write_bytes(b"not an image")
     assert main(["prune", "--data", str(data), "--out", str(tmp_path / "r2"), *common]) == 2
@@ -374,11 +375,11 @@ def test_command_resume_is_honest(tmp_path, capsys, monkeypatch):
     """A corrupt image mid-run: one line naming it and how to resume. Then --resume: flags that
     differ are refused, a killed writer's leftover is removed, the report records the command
     that started the run and adds up the parts; resuming the finished run rewrites nothing."""
-    data = _image_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     out = tmp_path / "run"
     argv = ["prune", "--data", str(data), "--model", "squeezenet1_1", "--input-size", "32", "--batch-size", "4", "--workers", "0",
             *QUICK, "--out", str(out)]
-    real, images = loop._Run._checkpoint, {}
+    real, images = loop.Run._checkpoint, {}
 
     def corrupt_after_step_2(self):
         real(self)
@@ -387,13 +388,13 @@ def test_command_resume_is_honest(tmp_path, capsys, monkeypatch):
                 images[f] = f.read_bytes()
                 f.write_bytes(b"garbage")
 
-    monkeypatch.setattr(loop._Run, "_checkpoint", corrupt_after_step_2)
+    monkeypatch.setattr(loop.Run, "_checkpoint", corrupt_after_step_2)
     assert main(argv) == 2
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("fxtaylor: error: the training loader failed at step 3, update 1: cannot read image ")
     assert err.endswith(f"(the last good checkpoint is {out}/checkpoint.pt); once fixed, `fxtaylor prune --resume --out {out}` "
                         "continues the run")
-    monkeypatch.setattr(loop._Run, "_checkpoint", real)
+    monkeypatch.setattr(loop.Run, "_checkpoint", real)
     for f, b in images.items():
         f.write_bytes(b)
     (out / ".checkpoint.pt.k1ll3d00.tmp").write_bytes(b"half a checkpoint")  # as a SIGKILL mid-write leaves it

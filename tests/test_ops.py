@@ -51,12 +51,12 @@ def test_subclass_that_keeps_forward_takes_its_base_spec():
     assert ops.registered_type(PlainConv(3, 4, 3)) is nn.Conv2d
     # torchvision's video convs: nn.Conv3d subclasses outside torch.nn (fx traced into them)
     for m in (Conv3DSimple(3, 4), Conv3DNoTemporal(3, 4)):
-        assert ops.spec_of(m) is ops.SPECS[nn.Conv3d] and rules.lookup_module(m) is rules.conv
+        assert ops.spec_of(m) is ops.SPECS[nn.Conv3d] and ops.lookup_module(m) is rules.conv
 
 
 def test_subclass_that_overrides_forward_has_no_spec_and_is_traced_into():
     assert ops.spec_of(StdConv(3, 4, 3)) is None and ops.spec_of(SubStdConv(3, 4, 3)) is None
-    assert rules.lookup_module(StdConv(3, 4, 3)) is None  # the MRO lookup gave it conv's rule
+    assert ops.lookup_module(StdConv(3, 4, 3)) is None  # the MRO lookup gave it conv's rule
     model = nn.Sequential(cbr(3, 8), StdConv(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1))
     with pytest.warns(UserWarning, match="no channel rule for: conv2d"):
         graph = fxtaylor.trace(model, X)
@@ -157,12 +157,12 @@ def test_latency_rebuilds_a_conv_subclass_as_its_registered_class():
     from fxtaylor.latency import layers
 
     m = Conv3DNoTemporal(4, 6, stride=2)
-    new, shape = layers._spec("c", m, (1, 4, 2, 8, 8), 1).build(3, 5)
+    new, shape = layers.layer_spec("c", m, (1, 4, 2, 8, 8), 1).build(3, 5)
     assert type(new) is nn.Conv3d and (new.in_channels, new.out_channels) == (3, 5) and shape == (1, 3, 2, 8, 8)
     assert new.kernel_size == m.kernel_size and new.stride == m.stride and new.padding == m.padding
-    fbn, _ = layers._spec("n", FrozenBatchNorm2d(6), (1, 6, 8, 8), 1).build(4, 4)
+    fbn, _ = layers.layer_spec("n", FrozenBatchNorm2d(6), (1, 6, 8, 8), 1).build(4, 4)
     assert isinstance(fbn, FrozenBatchNorm2d) and fbn.weight.numel() == 4
-    assert isinstance(layers._spec("s", StdConv(4, 6, 3), (1, 4, 8, 8), 1), str)  # own forward: not modelled
+    assert isinstance(layers.layer_spec("s", StdConv(4, 6, 3), (1, 4, 8, 8), 1), str)  # own forward: not modelled
 
 
 # -- FrozenBatchNorm2d ---------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def test_transposed_conv_takes_the_conv_rule_with_its_weight_axes_swapped(convt)
     takes it too. Both axes prune, exactly (more in tests/test_every_layer.py)."""
     m = convt(8, 6, 2, stride=2)
     spec = ops.spec_of(m)
-    assert rules.lookup_module(m) is rules.conv and (spec.out_axis, spec.in_axis) == (1, 0)
+    assert ops.lookup_module(m) is rules.conv and (spec.out_axis, spec.in_axis) == (1, 0)
     model = randomize_norms(nn.Sequential(
         cbr(3, 8), convt(8, 6, 2, stride=2), nn.BatchNorm2d(6), nn.ReLU(), cbr(6, 5), nn.Conv2d(5, 4, 1),
     ))

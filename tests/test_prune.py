@@ -11,6 +11,7 @@ import fxtaylor
 from fxtaylor import FxTaylorError
 from fxtaylor.datasets import digits
 from fxtaylor.pruner import loop
+from helpers import cloned_state
 
 
 class TinyResNet(nn.Module):
@@ -95,10 +96,6 @@ def test_optimizer_state_follows_the_kept_channels():
                 assert torch.equal(opt.state[w3][k], v[:, keep]), k
         opt.step()  # the optimizer works on the new parameters
         assert sum(len(pg["params"]) for pg in opt.param_groups) == len(list(model.parameters()))
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def _same_model(a, b):
@@ -206,7 +203,7 @@ def test_load_custom_architecture_needs_the_base(tmp_path):
     with pytest.raises(FxTaylorError, match="pass the unpruned model as base="):
         fxtaylor.load(tmp_path / "m.pt")
     base = fresh()
-    before = _state(base)
+    before = cloned_state(base)
     loaded = fxtaylor.load(tmp_path / "m.pt", base=base)
     assert _same_model(loaded, model)
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())  # base not modified
@@ -247,7 +244,7 @@ def _unchanged(model, before, directory=None, files=None):
 ])
 def test_bad_arguments(kwargs, message):
     model = fresh()
-    before = _state(model)
+    before = cloned_state(model)
     args = {**FAST, **kwargs}
     with pytest.raises(FxTaylorError, match=message) as e:
         fxtaylor.prune(model, loaders()[0], **args)
@@ -257,7 +254,7 @@ def test_bad_arguments(kwargs, message):
 
 def test_unreachable_target_everything_frozen():
     model = fresh()
-    before = _state(model)
+    before = cloned_state(model)
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     with pytest.raises(FxTaylorError, match="nothing to prune: every channel group is frozen") as e:
         fxtaylor.prune(model, loaders()[0], ignored_layers=convs, **FAST)
@@ -267,7 +264,7 @@ def test_unreachable_target_everything_frozen():
 
 def test_unreachable_target_below_what_the_prunable_layers_hold():
     model = fresh()
-    before = _state(model)
+    before = cloned_state(model)
     with pytest.raises(FxTaylorError, match=r"target_flops=0.001 cannot be reached: pruning every prunable channel leaves \d"):
         fxtaylor.prune(model, loaders()[0], **{**FAST, "target_flops": 0.001})
     _unchanged(model, before)
@@ -281,7 +278,7 @@ def test_unreachable_target_below_what_the_prunable_layers_hold():
 ])
 def test_empty_or_label_less_loader(loader, message):
     model = fresh()
-    before = _state(model)
+    before = cloned_state(model)
     with pytest.raises(FxTaylorError, match=message):
         fxtaylor.prune(model, loader, **FAST)
     _unchanged(model, before)
@@ -309,7 +306,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_missing_or_corrupt_checkpoint(tmp_path):
     model = fresh()
-    before = _state(model)
+    before = cloned_state(model)
     with pytest.raises(FxTaylorError, match=r"no checkpoint at .*checkpoint\.pt"):
         fxtaylor.prune(model, loaders()[0], checkpoint_dir=tmp_path, resume=True, **FAST)
     good = tmp_path / "good"
@@ -354,7 +351,7 @@ def test_model_is_left_alone_when_tracing_fails():
             return nn.functional.conv2d(x, self.w).mean((2, 3))
 
     model = Functional()
-    before = _state(model)
+    before = cloned_state(model)
     with pytest.raises(fxtaylor.TraceError):
         fxtaylor.prune(model, loaders()[0], **FAST)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

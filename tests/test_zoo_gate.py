@@ -87,12 +87,12 @@ def test_a_broken_rule_fails_the_gate_naming_the_loss(monkeypatch):
     modules' expand groups, and the comparison names the loss."""
     import torch
 
-    from fxtaylor.graph import rules
+    from fxtaylor.graph import ops, rules
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     good = zoo_gate.gate_row("squeezenet1_0")
     assert zoo_gate.compare(good, EXPECTED["squeezenet1_0"]) == ([], [])
-    monkeypatch.setitem(rules.FUNCTION_RULES, torch.cat, rules.frozen("cat (deliberately broken)"))
+    monkeypatch.setitem(ops.FUNCTION_RULES, torch.cat, rules.frozen("cat (deliberately broken)"))
     broken = zoo_gate.gate_row("squeezenet1_0")
     fails, _ = zoo_gate.compare(broken, EXPECTED["squeezenet1_0"])
     assert any(f.startswith("prunable_groups") for f in fails), fails

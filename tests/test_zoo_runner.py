@@ -87,7 +87,7 @@ def test_known_leaf_only_when_its_extra_parts_are_channel_agnostic():
     timm = pytest.importorskip("timm")
     import torch.nn as nn
 
-    from fxtaylor.graph.rules import known_leaf
+    from fxtaylor.graph.ops import known_leaf
 
     assert known_leaf(timm.layers.BatchNormAct2d(8))  # BN + ReLU
     assert not known_leaf(timm.layers.BatchNormAct2d(8, act_layer=nn.PReLU))  # weights per channel: traced into
@@ -100,7 +100,7 @@ def test_timm_selection_picks_the_smallest_model_of_a_module():
     sel = zoo.select_timm(["densenet", "convit"], log=lambda *_: None)
     assert sel["densenet"]["model"] == "densenet121" and sel["densenet"]["cnn"] is True
     assert sel["convit"]["model"] == "convit_tiny" and sel["convit"]["cnn"] is False
-    sizes = {n: sum(p.numel() for p in zoo._meta_build(n).parameters()) for n in timm.list_models(module="convit")}
+    sizes = {n: sum(p.numel() for p in zoo.meta_build(n).parameters()) for n in timm.list_models(module="convit")}
     assert sel["convit"]["params"] == min(sizes.values()) and sel["convit"]["size"] == 224
 
 

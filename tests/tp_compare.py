@@ -401,7 +401,7 @@ def _tol(x: Any) -> float:
     return TOL.get(t.dtype, 1e-5)
 
 
-def _err(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
@@ -420,7 +420,7 @@ def fx_dead(model: nn.Module, x: Any, group_index: int, channels: Sequence[int],
         diff, same = dead_channel_diff(model, x, group_index, list(channels))
         return Dead(diff, same, None, scale, _tol(x))
     except Exception as e:  # a wrong group may break the pruned model
-        return Dead(math.inf, False, _err(e), scale, _tol(x))
+        return Dead(math.inf, False, error_line(e), scale, _tol(x))
     finally:
         _collect(model)
 
@@ -481,12 +481,12 @@ def _tp_dead(model: nn.Module, x: Any, root: str, channels: Sequence[int], scale
             before = _output(m(*inputs))
         group.prune()
     except Exception as e:
-        return Dead(math.inf, False, "before pruning finished: " + _err(e), scale, tol)
+        return Dead(math.inf, False, "before pruning finished: " + error_line(e), scale, tol)
     try:
         with torch.no_grad():
             after = _output(m(*inputs))
     except Exception as e:
-        return Dead(math.inf, False, _err(e), scale, tol)
+        return Dead(math.inf, False, error_line(e), scale, tol)
     if before.shape != after.shape:
         return Dead(math.inf, False, None, scale, tol)
     return Dead(float((before - after).abs().max()), True, None, scale, tol)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 
+from ..flops import MISSING
 from ..graph import ChannelGraph, ops
 
 DENSE, SINGLE = ops.DENSE, ops.SINGLE
@@ -16,8 +17,8 @@ group, linear); a *single*-width layer has one channel count that input and outp
 norm, activation, pooling, depthwise and grouped convs, whose groups go whole)."""
 
 
-def _module_widths(m: nn.Module) -> tuple[int | None, int | None]:
-    spec = ops.spec_of(m)
+def _module_widths(graph: ChannelGraph, m: nn.Module) -> tuple[int | None, int | None]:
+    spec = graph.spec_of(m)  # the graph's own rows (trace(specs=)) first
     return spec.widths(m) if spec is not None and spec.widths is not None else (None, None)
 
 
@@ -41,10 +42,10 @@ class Layers:
         touching: dict[int, set[int]] = defaultdict(set)  # group index -> layer indices
         for name, (ins, outs) in graph.module_io().items():
             m = graph.model.get_submodule(name)
-            fin, fout = _module_widths(m)
+            fin, fout = _module_widths(graph, m)
             cin = ins.numel() if ins is not None else (fin if fin is not None else outs.numel())
             cout = outs.numel() if outs is not None else (fout if fout is not None else cin)
-            dense = ops.cost_kind(m) == DENSE  # from the op spec: conv with one group, linear
+            dense = graph.registry.cost_kind(m) == DENSE  # from the op spec: conv with one group, linear
             i = len(self.names)
             self.names.append(name)
             self.kind.append(DENSE if dense else SINGLE)
@@ -114,14 +115,53 @@ class Layers:
 
 
 class CostModel(ABC):
-    """A resource: ``layer_cost`` per layer at any widths, plus a constant remainder.
+    """A resource the pruner spends: FLOPs, latency, parameter bytes, peak memory, ...
+
+    The pruner, loop, result, report and command line know a resource only through this class
+    (docs/resources.md, "Adding a resource"). Five things a resource says:
+
+    1. **what it is now** — :meth:`total`: counted exactly for a counted resource; for a
+       measured one, what its model predicts (the pruner measures the real thing);
+    2. **what a candidate cut would leave** — :meth:`predict_after`, built from one function
+       per layer, ``layer_cost(name, cin, cout)``, plus a constant :meth:`remainder`; the same
+       function gives each unit's marginal cost (:meth:`unit_costs`, λ's regulariser in eq. 9);
+    3. **how a cut is checked** — ``measured = False``: the cut is made and the resource
+       counted again (exact and cheap: FLOPs, bytes); ``measured = True``: the cut is tried on
+       a copy and measured side by side (:meth:`measure`) with the model as it is, and applied only
+       if it did not make things worse (latency, whose noise and non-additivity need it);
+    4. **when the target is reached** — :meth:`done` (stop pruning) and :meth:`reached` (the
+       run's verdict);
+    5. **how it is reported** — ``label``, ``unit``, ``key`` (its field in a run's
+       before/after), :meth:`format` and :meth:`describe`.
 
     Lifecycle: :meth:`sync` with the model's channel graph whenever the architecture may have
     changed (cheap when it did not); then :meth:`total`, :meth:`predict`, :meth:`unit_costs`.
+    The pruner makes one for a ``Target(name, fraction)`` with :meth:`for_run`.
     """
 
-    name: str = ""
+    name: str = ""  # the target's key: Target(name, f), prune(target_<name>=f), --target-<name> f
+    label: str = ""  # how sentences and tables name it
+    of: str = ""  # what a target's fraction is of: "the original FLOPs"
     unit: str = ""
+    key: str = ""  # the field of a run's before/after dicts that holds it
+    help: str = ""  # the command-line flag's help
+    measured: bool = False  # a cut is checked by measuring a trial copy side by side (True) or by re-counting (False)
+    selection: str = "rank"  # the selection order by default (Schedule.selection): the paper's rank
+    per_deployment: bool = False  # depends on where the model runs: a resumed run must keep its Deployment
+    unremovable: str = ""  # what of it no channel cut removes, besides frozen groups and unpruned layers
+
+    @property
+    def measured_elsewhere(self) -> Any:
+        """The :class:`~fxtaylor.Deployment` this cost model was measured on when that is not
+        this machine (its predictions then stand in for measurements), else None."""
+        return None
+
+    @classmethod
+    def for_run(cls, deployment: Any, *, progress: bool = True) -> "CostModel":
+        """The cost model a run with a target of this resource uses, on the resolved
+        ``deployment`` (:class:`fxtaylor.Deployment`; resources that do not depend on where the
+        model runs ignore it)."""
+        return cls()
 
     def __init__(self) -> None:
         self.layers: Layers | None = None
@@ -149,6 +189,33 @@ class CostModel(ABC):
     def describe(self) -> dict:
         """What report.json records about this cost model."""
         return {"resource": self.name, "unit": self.unit}
+
+    @classmethod
+    def format(cls, value: float | None, like: float | None = None) -> str:
+        """``value`` (in :attr:`unit`) for people: ``"1.82 GFLOPs"``, ``"44.61 MiB"``;
+        ``like``: the unit picked for this value instead, so that numbers side by side share one."""
+        return MISSING if value is None else f"{value:.4g} {cls.unit}"
+
+    def measure(self, models: Sequence[nn.Module], *, min_run_time: float | None = None) -> list:
+        """A measured resource: ``models`` measured side by side, one ``Timing``-like result
+        each (``median_ms``, ``rounds_ms``: the value per interleaved round)."""
+        raise NotImplementedError(f"{self.label} is counted, not measured")
+
+    @classmethod
+    def done(cls, ratio: float, fraction: float, tolerance: float) -> bool:
+        """Whether pruning stops at ``ratio`` (now ÷ dense) for a target ``fraction``. A
+        counted resource stops at the target: its steps land in ``[fraction·(1 − tolerance),
+        fraction]``; a measured one within its tolerance above (see :meth:`reached`)."""
+        return ratio <= fraction if not cls.measured else cls.reached(ratio, fraction, tolerance)
+
+    @classmethod
+    def reached(cls, ratio: float, fraction: float, tolerance: float) -> bool:
+        """The run's verdict. Counted: within ``tolerance`` of the target on either side (a cut
+        that went far below it missed it too). Measured: at most ``fraction·(1 + tolerance)``
+        — a measurement cannot promise the lower side."""
+        if cls.measured:
+            return ratio <= fraction * (1 + tolerance)
+        return abs(ratio - fraction) <= tolerance * fraction
 
     # -- shared ------------------------------------------------------------------------------
 

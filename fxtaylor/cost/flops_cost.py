@@ -15,7 +15,13 @@ from .base import DENSE, CostModel, Layers
 
 
 class FlopsCost(CostModel):
-    name, unit = "flops", "FLOPs"
+    name, label, unit, key = "flops", "FLOPs", "FLOPs", "flops"
+    of = "the original FLOPs"
+    help = "fraction of the original FLOPs to keep (the paper's resource, counted by fvcore), e.g. 0.5"
+
+    @classmethod
+    def format(cls, value: float | None, like: float | None = None) -> str:
+        return flops.format_flops(value, like)
 
     def refresh(self, model: nn.Module, example_inputs, layers: Layers) -> None:
         self.counted, own = flops.count(model, example_inputs)

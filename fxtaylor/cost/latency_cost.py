@@ -10,21 +10,44 @@ measurement, not by prediction.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 
 from ..errors import FxTaylorError
 
+from ..flops import MISSING
 from .base import CostModel, Layers
 
 if TYPE_CHECKING:
     from ..latency import Deployment, LatencyModel
 
 
+MEASURE_S = 0.4  # seconds of timing per model per check
+ROUNDS = 7  # interleaved rounds per check: the ratio's noise comes from their spread
+
+
 class LatencyCost(CostModel):
-    name, unit = "latency", "ms"
+    name, label, unit, key = "latency", "latency", "ms", "latency_ms"
+    of = "the dense model's measured latency"
+    help = ("fraction of the dense model's latency to keep, measured as deployed (--latency-device, "
+            "--latency-batch, --latency-dtype), e.g. 0.6")
+    measured = True
+    per_deployment = True
+    unremovable = "per-call overhead channel pruning cannot remove"
+
+    @property
+    def measured_elsewhere(self) -> Deployment | None:
+        return None if self.measured_here else self.deployment
+
+    @classmethod
+    def for_run(cls, deployment: Deployment, *, progress: bool = True) -> "LatencyCost":
+        return cls(deployment, progress=progress)
+
+    @classmethod
+    def format(cls, value: float | None, like: float | None = None) -> str:
+        return MISSING if value is None else f"{value:.3g} ms"
 
     def __init__(self, deployment: Deployment | None = None, *, cache_dir: Path | None = None, progress: bool = True,
                  table: LatencyModel | None = None):
@@ -63,13 +86,15 @@ class LatencyCost(CostModel):
     def alignment(self, group_layers: Iterable[str]) -> int:
         return max([self.table.alignment(n) for n in group_layers if n in self._known] or [1])
 
-    def predicted(self, models) -> list:
-        """Timings *predicted* by the table for each model's current widths: how a run checks
-        its cuts when the table was measured on another machine (nothing here can time that
-        device)."""
-        from ..latency import Timing, widths
+    def measure(self, models: Sequence[nn.Module], *, min_run_time: float | None = None) -> list:
+        """``models`` timed side by side on the deployment, in interleaved rounds — or, for a
+        table measured on another machine (nothing here can time that device), *predicted*
+        by the table for each model's current widths."""
+        from ..latency import Timing, measure, widths
 
-        return [Timing(self.table.predict(widths(m, self._x, self.table.layers)), 0.0, 0) for m in models]
+        if not self.measured_here:
+            return [Timing(self.table.predict(widths(m, self._x, self.table.layers)), 0.0, 0) for m in models]
+        return measure(list(models), self._x, self.deployment, min_run_time=min_run_time or MEASURE_S, rounds=ROUNDS)
 
     def describe(self) -> dict:
         t = self.table

@@ -23,6 +23,10 @@ class Call:
     anns: dict  # fx.Node -> annotation, for every node already run
     atoms: Atoms
     module: torch.nn.Module | None = None  # for call_module
+    # the op registry (fxtaylor.graph.ops.Registry) the graph is traced with: what a rule may
+    # ask about another module (a split, about the module that owns it). Typed loosely so that
+    # rules, which only receive it, never import the registry (it imports them).
+    registry: Any = None
 
     @property
     def name(self) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .. import examples
 from ..errors import FxTaylorError, PruneError, TraceError
-from . import ops, propagate, record, rules, selection, surgery
+from . import ops, propagate, record, selection, surgery
 from .atoms import CONSUMER, PARAM, PRODUCER, Atoms, Space
 
 
@@ -127,6 +127,11 @@ class ChannelGroup:
         return stay
 
     @property
+    def graph(self) -> "ChannelGraph":
+        """The channel graph this group belongs to (its rows: ``group.graph.spec_of``)."""
+        return self._graph
+
+    @property
     def members(self) -> list[Member]:
         return self._graph._members(self)
 
@@ -151,8 +156,12 @@ class ChannelGraph:
     """Channel groups of a model, built by :func:`trace`; prunes the model through them."""
 
     def __init__(self, model: nn.Module, fx_graph: fx.Graph, prop: propagate.ChannelProp, ignored: set[str], opaque: set[str],
-                 exact: bool = True):
+                 exact: bool = True, registry: ops.Registry = ops.REGISTRY):
         self.model = model
+        # the op rows the graph was traced with (trace(..., specs=...) over the global ones):
+        # pruning, checks and widths ask the same rows the channel rules came from
+        self.registry = registry
+        self._kinds: dict[type, tuple[str, int, int]] = {}  # see _kind_of
         self.exact = exact  # False: groups tied through a normaliser's statistics prune too (inexactly)
         self.fx_graph = fx_graph
         self.partial: record.Partial | None = None  # set when the model was traced in parts
@@ -160,7 +169,7 @@ class ChannelGraph:
         self.example_args: examples.Args | None = None  # the example, as the model's arguments (set by trace)
         self.given_example: Any = None  # the object trace() was given (an example already decided: example_args)
         # user leaves the rule table does not know: black boxes whose channels are frozen
-        self.opaque = sorted(n for n in opaque if rules.lookup_module(model.get_submodule(n)) is None)
+        self.opaque = sorted(n for n in opaque if registry.lookup_module(model.get_submodule(n)) is None)
         atoms = prop.atoms
         for (name, _), sp in atoms.spaces.items():  # ignored: module names, containers expanded
             owner = name.rpartition(".")[0] if sp.kind == PARAM else name  # a free parameter's module
@@ -216,6 +225,12 @@ class ChannelGraph:
                     g.keep.append(part)
 
     # -- reading -----------------------------------------------------------------------------
+
+    def spec_of(self, module: nn.Module) -> ops.OpSpec | None:
+        """What this graph knows about ``module``: the rows it was traced with
+        (``trace(..., specs=...)``) first, then the global ones (:func:`fxtaylor.graph.ops.spec_of`).
+        Code that reads a traced model's modules (costs, criteria, reports) asks here."""
+        return self.registry.spec_of(module)
 
     @property
     def prunable_groups(self) -> list[ChannelGroup]:
@@ -326,9 +341,9 @@ class ChannelGraph:
                 by_module[key[0]][key[1]] = pos
             kept[key] = units[~hit]
         for name, removed in by_module.items():
-            surgery.check_module(self.model.get_submodule(name), removed)  # before any module is cut
+            self.registry.check_module(self.model.get_submodule(name), removed)  # before any module is cut
         for name, removed in by_module.items():
-            surgery.prune_module(self.model.get_submodule(name), removed)
+            self.registry.prune_module(self.model.get_submodule(name), removed)
         for path, dim, pos in params:
             surgery.prune_parameter(self.model, path, dim, pos)
         self.unit_maps.update(kept)
@@ -351,7 +366,7 @@ class ChannelGraph:
         modules = dict(self.model.named_modules())
         for key, units in self.unit_maps.items():
             name, role = key
-            have = _widths(self.model, modules, name, role, self.spaces[key].kind)
+            have = _widths(self.model, modules, name, role, self.spaces[key].kind, self._kind_of)
             if have is None:
                 raise PruneError(f"the channel graph is stale: the model has no {name} any more (it was changed since it "
                                  "was traced); trace it again (fxtaylor.trace)")
@@ -362,13 +377,26 @@ class ChannelGraph:
                     f"channels, the graph recorded {want}; the model was changed outside this graph since it was traced "
                     "(e.g. by another pruner): trace it again (fxtaylor.trace) and prune through the new graph")
 
+    def _kind_of(self, m: nn.Module) -> tuple[str, int, int]:
+        """("dense" | "embedding" | "other", its weight's out axis, in axis) for ``m``'s class,
+        cached per class: a pruning step checks every space. The axes come from the op spec (a
+        transposed conv's are swapped)."""
+        cls = type(m)
+        found = self._kinds.get(cls)
+        if found is None:
+            spec = self.registry.spec_of(m)
+            axes = (spec.out_axis, spec.in_axis) if spec is not None else (0, 1)
+            dense = issubclass(cls, (nn.Linear, nn.modules.conv._ConvNd))
+            found = self._kinds[cls] = ("dense" if dense else "embedding" if issubclass(cls, nn.Embedding) else "other", *axes)
+        return found
+
 
 _WIDTH_ATTRS = {"out": ("out_channels", "out_features", "embedding_dim"), "in": ("in_channels", "in_features"),
                 "norm": ("num_features", "num_parameters", "num_channels")}
-_KINDS: dict[type, tuple[str, int, int]] = {}  # class -> ("dense" | "embedding" | "other", weight's out axis, in axis)
 
 
-def _widths(model: nn.Module, modules: dict[str, nn.Module], name: str, role: str, kind: str) -> list[int] | None:
+def _widths(model: nn.Module, modules: dict[str, nn.Module], name: str, role: str, kind: str,
+            kind_of: Callable[[nn.Module], tuple[str, int, int]]) -> list[int] | None:
     """The widths the module (or free parameter) at ``name`` has now along the axis of space
     ``role``, from its width attributes and from its tensors (they disagree when a model was
     changed by hand); empty when nothing tells, None when it is gone. Read from the modules'
@@ -384,14 +412,7 @@ def _widths(model: nn.Module, modules: dict[str, nn.Module], name: str, role: st
     m = modules.get(name)
     if m is None:
         return None
-    cls = type(m)
-    found = _KINDS.get(cls)
-    if found is None:
-        spec = ops.spec_of(m)  # the weight's axes come from the op spec (a transposed conv's are swapped)
-        axes = (spec.out_axis, spec.in_axis) if spec is not None else (0, 1)
-        dense = issubclass(cls, (nn.Linear, nn.modules.conv._ConvNd))
-        found = _KINDS[cls] = ("dense" if dense else "embedding" if issubclass(cls, nn.Embedding) else "other", *axes)
-    mk, out_axis, in_axis = found
+    mk, out_axis, in_axis = kind_of(m)
     attrs, params = m.__dict__, m._parameters
     out = [v for v in (attrs.get(a) for a in _WIDTH_ATTRS.get(role, ())) if type(v) is int]
     w = params.get("weight")
@@ -476,6 +497,7 @@ def trace(
     ignored_layers: Iterable[nn.Module | str] = (),
     leaf_modules: Iterable[type | str | nn.Module] = (),
     exact: bool = True,
+    specs: Mapping[type | str, ops.OpSpec] | None = None,
 ) -> ChannelGraph:
     """Build the :class:`ChannelGraph` of ``model``.
 
@@ -493,7 +515,11 @@ def trace(
     response norm, a softmax over channels, weight-standardised convs' inputs). No removal of
     those is exact — a dead channel still moves the others' statistics — so they are frozen by
     default; the groups this opens list why in ``group.inexact`` (docs/graph.md, "Exact and
-    inexact").
+    inexact"). ``specs``: op-spec rows for this trace only, ``{MyConv: OpSpec(...),
+    "pkg.module.Class": spec}`` (keys as in :data:`fxtaylor.graph.ops.SPECS`); they win over the
+    global rows, nothing global changes, and the graph keeps them (``graph.spec_of``, pruning).
+    Rows are code, so arch records do not save them: rebuilding such a model traces it with
+    the same ``specs`` again.
 
     The model is traced in eval and in train mode; where the graphs differ (auxiliary heads),
     the groups are their union (``graph.modes``). A model fx cannot trace whole is traced in
@@ -502,6 +528,7 @@ def trace(
     examples.check_model(model)
     if not isinstance(exact, bool):
         raise FxTaylorError(f"exact must be True or False, got {exact!r}")
+    registry = ops.REGISTRY.with_specs(specs)  # checked before anything runs
     ignored_layers, leaf_modules = as_selection(ignored_layers, "ignored_layers"), as_selection(leaf_modules, "leaf_modules")
     # one resolution for trace() and prune(): containers expanded, leaf types by isinstance
     ignored, leaf_names = selection.resolve(model, ignored_layers, leaf_modules)
@@ -512,15 +539,15 @@ def trace(
     partial = None
     placeholders: tuple = args
     try:
-        fx_graph, train_graph, opaque = propagate.symbolic_trace_modes(model, leaves)
+        fx_graph, train_graph, opaque = propagate.symbolic_trace_modes(model, leaves, registry)
     except TraceError as whole:
-        fx_graph, placeholders, partial = record.record(model, args, leaves)
+        fx_graph, placeholders, partial = record.record(model, args, leaves, registry)
         if not partial.traced and not any(n.op == "call_module" for n in fx_graph.nodes):
             raise whole
         train_graph = None  # recorded in eval mode only
         opaque = {n.target for n in fx_graph.nodes if n.op == "call_module" and n.target in leaf_names}
-    prop = propagate.run(model, fx_graph, placeholders, opaque, train_graph)
-    graph = ChannelGraph(model, fx_graph, prop, ignored, opaque, exact)
+    prop = propagate.run(model, fx_graph, placeholders, opaque, train_graph, registry)
+    graph = ChannelGraph(model, fx_graph, prop, ignored, opaque, exact, registry)
     graph.partial = partial
     graph.modes = ("eval", "train") if train_graph is not None else ("eval",)
     graph.example_args, graph.given_example = args, example_inputs

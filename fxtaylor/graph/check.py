@@ -14,7 +14,6 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from .atoms import NORM, PARAM, PRODUCER
-from . import ops
 from .channel_graph import ChannelGroup, trace
 
 
@@ -32,7 +31,7 @@ def kill_channels(model: nn.Module, group: ChannelGroup, channels: Sequence[int]
             if m.kind not in (PRODUCER, NORM):
                 continue
             mod = model.get_submodule(m.name)
-            spec = ops.spec_of(mod)
+            spec = group.graph.spec_of(mod)  # the rows the graph was traced with
             axis = spec.out_axis if spec is not None and m.kind == PRODUCER else 0
             for p, dim in ((getattr(mod, "weight", None), axis), (getattr(mod, "bias", None), 0)):
                 if isinstance(p, torch.Tensor) and p.dim() > dim:

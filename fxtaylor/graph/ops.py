@@ -31,18 +31,35 @@ override ``forward`` is, channel for channel, its base: it takes the base's row 
 it has one itself: fx traces into it (or, where fx cannot, it is frozen with a reason). Every
 module with a row is traced as a leaf. Rows keyed by a qualified class name (a string) cover
 libraries that are optional (timm) without importing them.
+
+This module is the one op registry: module rows (:data:`SPECS`), split owners
+(:data:`SPLIT_OWNERS`), the rules of functions and methods (:data:`FUNCTION_RULES`,
+:data:`METHOD_RULES`), and the dispatch: a :class:`Registry` answers, for a module, a function
+or a method, which rule runs it, whether the tracer keeps it one node, the shape shortcuts of
+the meta run, and which surgery cuts it. :mod:`.rules` and :mod:`.surgery` hold only the
+functions the rows point to and import nothing from here (no import circle).
+
+:data:`REGISTRY` reads the global rows. ``REGISTRY.with_specs({MyConv: spec})`` is a registry
+for one trace (``fxtaylor.trace(model, x, specs=...)``): its rows win over the global ones and
+nothing global changes, as torch-pruning registers a custom pruner per ``DependencyGraph``. The
+channel graph keeps the registry it was traced with and asks it everything afterwards
+(``graph.spec_of(module)``). The module-level :func:`spec_of`, :func:`cost_kind`, ... ask
+:data:`REGISTRY`; :func:`register` adds a global row.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, replace
-from typing import Callable, Union
+from typing import Any, Callable, Mapping, Union
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import MultiScaleRoIAlign, RoIAlign, RoIPool
+from torchvision.ops import MultiScaleRoIAlign, RoIAlign, RoIPool, stochastic_depth
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..errors import FxTaylorError, PruneError
 from . import rules, surgery, timm_rules, vision_rules
 from .rules import Rule
 
@@ -166,34 +183,38 @@ SPECS: dict[type | str, OpSpec]
 
 
 class _Table(dict):
-    """The spec table: any change (``SPECS[T] = ...``, monkeypatch) empties the lookup cache."""
+    """A table of rows that counts its changes (``SPECS[T] = ...``, monkeypatch): a
+    :class:`Registry` caches its lookups by type and starts afresh when a count moves."""
+
+    version = 0
+
+    def _changed(self) -> None:
+        self.version += 1
 
     def __setitem__(self, key, value):
         super().__setitem__(key, value)
-        _cache.clear()
+        self._changed()
 
     def __delitem__(self, key):
         super().__delitem__(key)
-        _cache.clear()
+        self._changed()
 
     def update(self, *args, **kwargs):
         super().update(*args, **kwargs)
-        _cache.clear()
+        self._changed()
 
     def pop(self, *args):
-        _cache.clear()
+        self._changed()
         return super().pop(*args)
 
     def setdefault(self, key, default=None):
-        _cache.clear()
+        self._changed()
         return super().setdefault(key, default)
 
     def clear(self):
         super().clear()
-        _cache.clear()
+        self._changed()
 
-
-_cache: dict[type, tuple[OpSpec | None, type | None]] = {}
 
 SPECS = _Table({
     **{t: OpSpec(rules.passthrough, cost=SINGLE, same_shape=True) for t in ACTIVATIONS},
@@ -282,63 +303,313 @@ def _qualname(t: type) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
-def _find(t: type) -> tuple[OpSpec | None, type | None]:
-    """The row of class ``t`` and the class it is registered for (see :func:`spec_of`)."""
-    for base in t.__mro__:
-        spec = SPECS.get(base) or SPECS.get(_qualname(base))
-        if spec is None:
-            continue
-        if base is t or getattr(t, "forward", None) is getattr(base, "forward", None):
-            return spec, base
-        return None, None  # overrides the registered base's forward: not that op any more
-    return None, None
+# ---------------------------------------------------------------------------------------------
+# Functions and methods: one rule per function object or method name.
+
+_SAME_SHAPE_FUNCS = (
+    F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.softplus, torch.relu, torch.relu_,
+    torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.sqrt, torch.clamp, operator.neg,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone,
+    stochastic_depth,
+)
+# stochastic_depth: torchvision wraps it for fx; it scales whole samples, never single channels.
+_UNARY_FUNCS = _SAME_SHAPE_FUNCS + (
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
+)
+_TIE_FUNCS = (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
+    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
+    torch.maximum, torch.minimum, operator.pow, torch.pow, torch.addcmul, torch.addcdiv,
+)
+_SHAPE_FUNCS = (
+    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.t, torch.unsqueeze,
+    torch.squeeze, torch.movedim, torch.unflatten, torch.roll, torch.flip, torch.narrow,
+)
+
+FUNCTION_RULES: dict[Callable, Rule] = {
+    **{f: rules.passthrough for f in _UNARY_FUNCS},
+    **{f: rules.elementwise for f in _TIE_FUNCS},
+    **{f: rules.shape_op for f in _SHAPE_FUNCS},
+    operator.getitem: rules.getitem,
+    torch.cat: rules.cat,
+    torch.concat: rules.cat,
+    torch.concatenate: rules.cat,
+    torch.stack: rules.stack,
+    operator.matmul: rules.matmul,
+    torch.matmul: rules.matmul,
+    torch.bmm: rules.matmul,
+    torch.chunk: rules.chunk,
+    torch.split: rules.split,
+    torch.unbind: rules.split,
+    torch.mean: rules.reduce,
+    torch.sum: rules.reduce,
+    torch.amax: rules.reduce,
+    torch.amin: rules.reduce,
+    torch.var: rules.reduce,
+    torch.std: rules.reduce,
+    torch.norm: rules.reduce,
+    torch.linalg.vector_norm: rules.reduce,
+    F.softmax: rules.along_dim,
+    F.log_softmax: rules.along_dim,
+    torch.softmax: rules.along_dim,
+    torch.log_softmax: rules.along_dim,
+    F.layer_norm: rules.layernorm,
+    F.rms_norm: rules.layernorm,  # (x, shape, weight, eps): a dead channel still counts in the mean square
+    F.group_norm: rules.groupnorm,
+    # An L2 (any p-norm) normalisation: a dead channel adds 0 to the norm, so removing it leaves
+    # the others unchanged (unlike layer norm, whose mean it would shift): channels pass.
+    F.normalize: rules.passthrough,
+    F.pad: rules.pad,
+    F.channel_shuffle: rules.channel_shuffle,
+    getattr: rules.no_channels,
+    operator.floordiv: rules.no_channels,
+}
+
+_SAME_SHAPE_METHODS = (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "sqrt", "clamp", "clamp_",
+    "contiguous", "clone", "detach", "neg",
+)
+_TIE_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "addcmul", "addcdiv")
+
+METHOD_RULES: dict[str, Rule] = {
+    **{m: rules.passthrough for m in _SAME_SHAPE_METHODS + (
+        "to", "type", "float", "half", "double", "bfloat16", "cuda", "cpu", "type_as",
+    )},
+    **{m: rules.elementwise for m in _TIE_METHODS},
+    **{m: rules.shape_op for m in (
+        "view", "reshape", "flatten", "permute", "transpose", "swapaxes", "swapdims", "t", "unsqueeze", "squeeze",
+        "expand", "expand_as", "view_as", "reshape_as", "movedim", "unflatten", "roll", "flip", "narrow", "repeat",
+    )},
+    "unfold": rules.unfold,
+    "chunk": rules.chunk,
+    "split": rules.split,
+    "unbind": rules.split,
+    "mean": rules.reduce,
+    "sum": rules.reduce,
+    "amax": rules.reduce,
+    "amin": rules.reduce,
+    "var": rules.reduce,
+    "std": rules.reduce,
+    "norm": rules.reduce,
+    "softmax": rules.along_dim,
+    "log_softmax": rules.along_dim,
+    "matmul": rules.matmul,
+    "bmm": rules.matmul,
+    "size": rules.no_channels,
+    "dim": rules.no_channels,
+}
 
 
-def _lookup(module: nn.Module) -> tuple[OpSpec | None, type | None]:
-    t = type(module)
-    found = _cache.get(t)
-    if found is None:
-        found = _cache[t] = _find(t)
-    spec = found[0]
-    if spec is not None and spec.when is not None and not spec.when(module):
+# Ops whose output has the shape of their first input (or of the broadcast of their inputs):
+# on meta tensors propagate.py skips running them, as their meta kernels are slow Python.
+# (Modules: OpSpec.same_shape.)
+SAME_SHAPE_FUNCS = frozenset(_SAME_SHAPE_FUNCS)
+SAME_SHAPE_METHODS = frozenset(_SAME_SHAPE_METHODS)
+BROADCAST_FUNCS = frozenset(_TIE_FUNCS)
+BROADCAST_METHODS = frozenset(_TIE_METHODS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dispatch
+
+
+class Registry:
+    """Where the channel graph asks what it knows about an op (see the module docstring).
+
+    ``rows``: module rows of this registry; ``parent``: the registry asked for a class these
+    rows do not name (None for :data:`REGISTRY`). Function and method rules and split owners are
+    global. Lookups are cached by type, and the cache starts afresh when any table on the way
+    up changes.
+    """
+
+    def __init__(self, rows: Mapping[type | str, OpSpec], parent: "Registry | None" = None):
+        self.rows = rows if isinstance(rows, _Table) else _Table(rows)
+        self.parent = parent
+        self._cache: dict[type, tuple[OpSpec | None, type | None]] = {}
+        self._stamp: tuple = ()
+
+    def with_specs(self, specs: Mapping[type | str, OpSpec] | None) -> "Registry":
+        """A registry whose own rows are ``specs`` (checked: :func:`check_specs`), over this one.
+        No rows: this registry itself."""
+        check_specs(specs)
+        return Registry(dict(specs), parent=self) if specs else self
+
+    # -- modules -------------------------------------------------------------------------------
+
+    def _row(self, t: type) -> OpSpec | None:
+        """The row registered for exactly class ``t`` (by class, then qualified name): this
+        registry's, else its parent's."""
+        row = self.rows.get(t) or self.rows.get(_qualname(t))
+        return row if row is not None or self.parent is None else self.parent._row(t)
+
+    def _version(self) -> tuple:
+        return (self.rows.version,) + (self.parent._version() if self.parent is not None else ())
+
+    def _lookup(self, module: nn.Module) -> tuple[OpSpec | None, type | None]:
+        stamp = self._version()
+        if stamp != self._stamp:
+            self._cache.clear()
+            self._stamp = stamp
+        t = type(module)
+        found = self._cache.get(t)
+        if found is None:
+            found = self._cache[t] = self._find(t)
+        spec = found[0]
+        if spec is not None and spec.when is not None and not spec.when(module):
+            return None, None
+        return found
+
+    def _find(self, t: type) -> tuple[OpSpec | None, type | None]:
+        """The row of class ``t`` and the class it is registered for (see :meth:`spec_of`)."""
+        for base in t.__mro__:
+            spec = self._row(base)
+            if spec is None:
+                continue
+            if base is t or getattr(t, "forward", None) is getattr(base, "forward", None):
+                return spec, base
+            return None, None  # overrides the registered base's forward: not that op any more
         return None, None
-    return found
+
+    def spec_of(self, module: nn.Module) -> OpSpec | None:
+        """What fxtaylor knows about ``module``, or None (it is traced into, or frozen).
+
+        The row of the nearest registered class in ``type(module).__mro__`` (a class this
+        registry names before its parent's row for the same class), if ``module``'s class is
+        that class or does not override its ``forward``; a row's ``when`` must also hold.
+        """
+        return self._lookup(module)[0]
+
+    def registered_type(self, module: nn.Module) -> type | None:
+        """The class whose row :meth:`spec_of` found (``nn.Conv3d`` for a ``Conv3DSimple``): its
+        constructor takes the standard arguments, so it can rebuild the module at other widths."""
+        return self._lookup(module)[1]
+
+    def cost_kind(self, module: nn.Module) -> str | None:
+        """``"dense"``, ``"single"`` or None: how ``module``'s cost scales with its channels."""
+        spec = self.spec_of(module)
+        if spec is None:
+            return None
+        return spec.cost(module) if callable(spec.cost) else spec.cost
+
+    def weight_of(self, module: nn.Module) -> torch.Tensor:
+        """The weight ``module`` applies (its spec's ``weight``, else its stored ``weight``)."""
+        spec = self.spec_of(module)
+        return spec.weight(module) if spec is not None and spec.weight is not None else module.weight
+
+    def known_leaf(self, module: nn.Module) -> bool:
+        """fxtaylor knows ``module`` (it has a row), so fx calls it as one node, not traced into
+        (a library subclass of a torch.nn layer such as timm's BatchNormAct2d or torchvision's
+        Conv3DSimple)."""
+        return self.spec_of(module) is not None
+
+    def split_owner_of(self, t: type) -> SplitOwner | None:
+        """The split-owner row of class ``t`` (global: :func:`split_owner_of`)."""
+        return split_owner_of(t)
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    def lookup_module(self, module: nn.Module) -> Rule | None:
+        """The channel rule of a module, from its row."""
+        spec = self.spec_of(module)
+        return spec.rule if spec is not None else None
+
+    def lookup(self, node: fx.Node, module: nn.Module | None) -> Rule | None:
+        """The rule for a node, or None when fxtaylor has none (the caller freezes around it)."""
+        if node.op == "call_module":
+            return self.lookup_module(module)
+        if node.op == "call_function":
+            return FUNCTION_RULES.get(node.target)
+        if node.op == "call_method":
+            return METHOD_RULES.get(node.target)
+        return None
+
+    # -- surgery -------------------------------------------------------------------------------
+
+    def check_module(self, m: nn.Module, removed: dict[str, list[int]]) -> None:
+        """Raise :class:`PruneError` where ``m``'s surgery could not apply ``removed`` (a split
+        piece left empty), before any module of the cut is touched."""
+        owner = split_owner_of(type(m)) if self.spec_of(m) is None else None
+        if owner is not None and owner.check is not None and "split" in removed:
+            owner.check(m, removed)
+
+    def prune_module(self, m: nn.Module, removed: dict[str, list[int]]) -> None:
+        """Cut ``m`` by its row: its ``prune`` handler, else its ``channel_buffers``; or, for a
+        module that splits by its own attributes (:data:`SPLIT_OWNERS`), update them."""
+        spec = self.spec_of(m)
+        owner = split_owner_of(type(m)) if spec is None else None
+        if spec is not None and spec.prune is not None:
+            spec.prune(m, removed)
+        elif spec is not None and spec.channel_buffers and len(removed) == 1:
+            surgery.slice_channels(m, next(iter(removed.values())), spec.channel_buffers)  # its one space
+        elif owner is not None and set(removed) == {"split"}:
+            owner.prune(m, removed)
+        else:
+            raise PruneError(f"no prune handler for {type(m).__name__}")
+
+
+def check_specs(specs: Any) -> None:
+    """Raise :class:`FxTaylorError` (one line) unless ``specs`` is None or a dict of module class
+    or qualified class name (``"pkg.module.Class"``) -> :class:`OpSpec`."""
+    if specs is None:
+        return
+    if not isinstance(specs, Mapping):
+        raise FxTaylorError(f"specs must be a dict of module type (or qualified class name) -> OpSpec, got "
+                            f"{type(specs).__name__}")
+    for key, spec in specs.items():
+        if not (isinstance(key, type) and issubclass(key, nn.Module)) and not (isinstance(key, str) and "." in key):
+            raise FxTaylorError(f"specs: a key must be a module class or a qualified class name such as "
+                                f"'timm.layers.linear.Linear', got {key!r}")
+        if not isinstance(spec, OpSpec):
+            raise FxTaylorError(f"specs[{getattr(key, '__name__', key)!r}] must be an fxtaylor.graph.ops.OpSpec, got "
+                                f"{type(spec).__name__}")
+
+
+#: The global registry: :data:`SPECS` (and the function, method and split-owner tables).
+REGISTRY = Registry(SPECS)
 
 
 def spec_of(module: nn.Module) -> OpSpec | None:
-    """What fxtaylor knows about ``module``, or None (it is traced into, or frozen).
-
-    The row of the nearest registered class in ``type(module).__mro__``, if ``module``'s class
-    is that class or does not override its ``forward``; a row's ``when`` must also hold.
-    Cached by type.
-    """
-    return _lookup(module)[0]
+    """:meth:`Registry.spec_of` of the global registry (a graph traced with its own rows:
+    ``graph.spec_of``)."""
+    return REGISTRY.spec_of(module)
 
 
 def registered_type(module: nn.Module) -> type | None:
-    """The class whose row :func:`spec_of` found (``nn.Conv3d`` for a ``Conv3DSimple``):
-    its constructor takes the standard arguments, so it can rebuild the module at other widths."""
-    return _lookup(module)[1]
-
-
-def register(key: type | str, spec: OpSpec) -> None:
-    """Add (or replace) a row: ``register(MyGain, OpSpec(rule=..., prune=...))``."""
-    SPECS[key] = spec
+    """:meth:`Registry.registered_type` of the global registry."""
+    return REGISTRY.registered_type(module)
 
 
 def cost_kind(module: nn.Module) -> str | None:
-    """``"dense"``, ``"single"`` or None: how ``module``'s cost scales with its channels."""
-    spec = spec_of(module)
-    if spec is None:
-        return None
-    return spec.cost(module) if callable(spec.cost) else spec.cost
+    """:meth:`Registry.cost_kind` of the global registry."""
+    return REGISTRY.cost_kind(module)
 
 
 def weight_of(module: nn.Module) -> torch.Tensor:
-    """The weight ``module`` applies (its spec's ``weight``, else its stored ``weight``)."""
-    spec = spec_of(module)
-    return spec.weight(module) if spec is not None and spec.weight is not None else module.weight
+    """:meth:`Registry.weight_of` of the global registry."""
+    return REGISTRY.weight_of(module)
 
 
-__all__ = ["DENSE", "SINGLE", "OpSpec", "SPECS", "SPLIT_OWNERS", "SplitOwner", "cost_kind", "register", "registered_type",
-           "spec_of", "split_owner_of", "weight_of"]
+def known_leaf(module: nn.Module) -> bool:
+    """:meth:`Registry.known_leaf` of the global registry."""
+    return REGISTRY.known_leaf(module)
+
+
+def lookup_module(module: nn.Module) -> Rule | None:
+    """:meth:`Registry.lookup_module` of the global registry."""
+    return REGISTRY.lookup_module(module)
+
+
+def register(key: type | str, spec: OpSpec) -> None:
+    """Add (or replace) a global row: ``register(MyGain, OpSpec(rule=..., prune=...))``. For
+    one trace only: ``fxtaylor.trace(model, x, specs={MyGain: OpSpec(...)})``."""
+    check_specs({key: spec})
+    SPECS[key] = spec
+
+
+__all__ = ["BROADCAST_FUNCS", "BROADCAST_METHODS", "DENSE", "FUNCTION_RULES", "METHOD_RULES", "OpSpec", "REGISTRY",
+           "Registry", "SAME_SHAPE_FUNCS", "SAME_SHAPE_METHODS", "SINGLE", "SPECS", "SPLIT_OWNERS", "SplitOwner",
+           "check_specs", "cost_kind", "known_leaf", "lookup_module", "register", "registered_type", "spec_of",
+           "split_owner_of", "weight_of"]

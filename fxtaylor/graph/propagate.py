@@ -20,16 +20,18 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 
 from ..errors import TraceError
 from ..modes import in_eval, preserved
-from . import ops, rules
+from . import ops
 from .atoms import PARAM, Ann, Atoms, Factor
-from .call import Call, Multi
+from .call import Call, Multi, factor_on
 
 
-class _Tracer(fx.Tracer):
-    """``fx.Tracer`` with user leaf modules, remembering which module it is inside."""
+class Tracer(fx.Tracer):
+    """``fx.Tracer`` with user leaf modules, remembering which module it is inside. Every
+    module ``registry`` has a row for is a leaf too (partial tracing builds on this class)."""
 
-    def __init__(self, leaves: tuple):
+    def __init__(self, leaves: tuple, registry: ops.Registry = ops.REGISTRY):
         super().__init__()
+        self.registry = registry
         self.leaf_types = tuple(t for t in leaves if isinstance(t, type))
         self.leaf_names = {t for t in leaves if isinstance(t, str)}
         self.leaf_ids = {id(t) for t in leaves if isinstance(t, nn.Module)}
@@ -39,7 +41,7 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # every module fxtaylor has an op spec for is one node (torchvision's Conv3DSimple, a
         # Conv3d outside torch.nn that fx would trace into, included)
-        if self.is_user_leaf(m, qualname) or ops.spec_of(m) is not None:
+        if self.is_user_leaf(m, qualname) or self.registry.known_leaf(m):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -57,20 +59,20 @@ class _Tracer(fx.Tracer):
             self.stack.pop()
 
 
-def symbolic_trace(model: nn.Module, leaves: tuple = ()) -> tuple[fx.Graph, set[str]]:
+def symbolic_trace(model: nn.Module, leaves: tuple = (), registry: ops.Registry = ops.REGISTRY) -> tuple[fx.Graph, set[str]]:
     """Trace ``model``; returns the fx Graph and the names of user-declared leaf modules.
 
     A model torch.fx cannot trace raises :class:`TraceError` naming the innermost module being
     traced, the line of user code, and the fix (declare that module a leaf).
     """
-    tracer = _Tracer(tuple(leaves))
+    tracer = Tracer(tuple(leaves), registry)
     try:
         with preserved(model):
             graph = tracer.trace(model)
             _keep_constants(graph, model)
     except Exception as e:  # torch.fx raises TraceError, TypeError, RuntimeError... alike
         where, cls = tracer.failed_in or ("", type(model).__name__)
-        line = _user_line(e)
+        line = user_line(e)
         raise TraceError(
             f"torch.fx cannot trace {'module ' + repr(where) if where else 'the model'} ({cls}): "
             f"{type(e).__name__}: {e}{line}. This usually means Python control flow (if/for/while) "
@@ -103,8 +105,9 @@ def _keep_constants(graph: fx.Graph, model: nn.Module) -> None:
 CONSTANT = "fxtaylor_constant"  # node.meta key: a tensor constant fx stashed on the model
 
 
-def _user_line(e: BaseException) -> str:
-    """' at file:line (code)' of the innermost frame outside torch, if any."""
+def user_line(e: BaseException) -> str:
+    """' at file:line (code)' of the innermost frame outside torch and fxtaylor, if any: where
+    in the user's code tracing failed (for the one-line :class:`TraceError`)."""
     for fr in reversed(traceback.extract_tb(e.__traceback__)):
         if "/torch/" not in fr.filename and "/fxtaylor/" not in fr.filename:
             return f" at {fr.filename}:{fr.lineno} ({(fr.line or '').strip()})"
@@ -120,8 +123,10 @@ class ChannelProp(fx.Interpreter):
     their parameters, so the model itself is never touched.
     """
 
-    def __init__(self, model: nn.Module, graph: fx.Graph, opaque: set[str], meta: bool, atoms: Atoms | None = None):
+    def __init__(self, model: nn.Module, graph: fx.Graph, opaque: set[str], meta: bool, atoms: Atoms | None = None,
+                 registry: ops.Registry = ops.REGISTRY):
         super().__init__(model, graph=graph)
+        self.registry = registry  # what rule runs a node, and the meta run's shortcuts
         self.extra_traceback = False  # fx would append its node dump to our one-line TraceError
         self.atoms = atoms if atoms is not None else Atoms()  # shared: two modes' graphs tie alike
         self.anns: dict[fx.Node, Ann] = {}
@@ -159,7 +164,7 @@ class ChannelProp(fx.Interpreter):
                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Check that the example inputs "
                     "are ones the model runs on; else declare that module a leaf (leaf_modules=...)") from e
         module = self.fetch_attr(n.target) if n.op == "call_module" else None
-        c = Call(n, args, kwargs, out, self.anns, self.atoms, module)
+        c = Call(n, args, kwargs, out, self.anns, self.atoms, module, self.registry)
         try:
             self.anns[n] = self._annotate(c)
         except ValueError as e:  # Atoms: a module seen with different channel counts
@@ -178,7 +183,7 @@ class ChannelProp(fx.Interpreter):
             return ()
         if n.op == "call_function" and isinstance(n.target, type) and issubclass(n.target, tuple):
             return Multi(c.ann(i) for i in range(len(n.args)))  # a (named) tuple built: a container
-        rule = rules.lookup(n, c.module)
+        rule = self.registry.lookup(n, c.module)
         if rule is not None:
             ann = rule(c)
             self._record_read(c)
@@ -201,12 +206,12 @@ class ChannelProp(fx.Interpreter):
 
     def _record_read(self, c: Call) -> None:
         """Remember what a conv/linear call read: the tensors the Taylor criterion observes."""
-        spec = ops.spec_of(c.module) if c.module is not None else None
+        spec = self.registry.spec_of(c.module) if c.module is not None else None
         if spec is None or spec.reads is None or not isinstance(c.node.args[0], fx.Node):
             return
         x = c.args[0]
         dim = spec.reads(c.module, x)
-        f = rules.factor_on(c.ann(0), dim)
+        f = factor_on(c.ann(0), dim)
         if f is not None and f.single:
             self.reads[c.node] = (c.node.args[0], dim, f.atoms, x.shape)
 
@@ -222,7 +227,7 @@ class ChannelProp(fx.Interpreter):
         m = self.fetch_attr(target)
         if not self.meta:
             return m(*args, **kwargs)
-        spec = ops.spec_of(m)
+        spec = self.registry.spec_of(m)
         if spec is not None and _is_tensor(args) and not kwargs:
             if spec.same_shape:
                 return args[0]
@@ -232,9 +237,9 @@ class ChannelProp(fx.Interpreter):
 
     def call_function(self, target, args, kwargs):
         if self.meta and _is_tensor(args):
-            if target in rules.SAME_SHAPE_FUNCS:
+            if target in ops.SAME_SHAPE_FUNCS:
                 return args[0]
-            if target in rules.BROADCAST_FUNCS:
+            if target in ops.BROADCAST_FUNCS:
                 return _broadcast(args)
         if self.meta and target is torch.cat and args and isinstance(args[0], (list, tuple)):
             return _cat(*args, **kwargs)
@@ -242,9 +247,9 @@ class ChannelProp(fx.Interpreter):
 
     def call_method(self, target, args, kwargs):
         if self.meta and _is_tensor(args):
-            if target in rules.SAME_SHAPE_METHODS:
+            if target in ops.SAME_SHAPE_METHODS:
                 return args[0]
-            if target in rules.BROADCAST_METHODS:
+            if target in ops.BROADCAST_METHODS:
                 return _broadcast(args)
         return super().call_method(target, args, kwargs)
 
@@ -326,7 +331,8 @@ def _meta_copy(m: nn.Module) -> nn.Module:
     return c
 
 
-def run(model: nn.Module, graph: fx.Graph, example_inputs: Any, opaque: set[str], train_graph: fx.Graph | None = None) -> ChannelProp:
+def run(model: nn.Module, graph: fx.Graph, example_inputs: Any, opaque: set[str], train_graph: fx.Graph | None = None,
+        registry: ops.Registry = ops.REGISTRY) -> ChannelProp:
     """Run the graph on the inputs in eval mode without autograd: on the meta device if every
     op supports it, else (an op that needs values, a leaf with sub-modules) on the real one.
 
@@ -337,44 +343,46 @@ def run(model: nn.Module, graph: fx.Graph, example_inputs: Any, opaque: set[str]
     channels that costs are counted by are the eval graph's (the deployed model)."""
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     with in_eval(model), torch.no_grad():
-        prop = _run_one(model, graph, inputs, opaque, Atoms())
+        prop = _run_one(model, graph, inputs, opaque, Atoms(), registry)
         if train_graph is not None:
-            trained = _run_one(model, train_graph, inputs, opaque, prop.atoms)
+            trained = _run_one(model, train_graph, inputs, opaque, prop.atoms, registry)
             prop.atoms, prop.reads = trained.atoms, trained.reads
             for op, k in trained.unknown.items():
                 prop.unknown[op] = max(prop.unknown.get(op, 0), k)
     if prop.unknown:
-        ops = ", ".join(sorted(prop.unknown))
+        names = ", ".join(sorted(prop.unknown))
         warnings.warn(
-            f"fxtaylor has no channel rule for: {ops}. The channels flowing through them are "
+            f"fxtaylor has no channel rule for: {names}. The channels flowing through them are "
             "frozen (not pruned). See docs/graph.md to add a rule.",
             stacklevel=3,
         )
     return prop
 
 
-def _run_one(model: nn.Module, graph: fx.Graph, inputs: tuple, opaque: set[str], atoms: Atoms) -> ChannelProp:
+def _run_one(model: nn.Module, graph: fx.Graph, inputs: tuple, opaque: set[str], atoms: Atoms,
+             registry: ops.Registry) -> ChannelProp:
     try:
-        prop = ChannelProp(model, graph, opaque, meta=True, atoms=copy.deepcopy(atoms))
+        prop = ChannelProp(model, graph, opaque, meta=True, atoms=copy.deepcopy(atoms), registry=registry)
         prop.run(*inputs)
     except _NeedsValues:
         # real values; copies, so a replayed in-place op cannot touch the caller's tensors
-        prop = ChannelProp(model, graph, opaque, meta=False, atoms=atoms)
+        prop = ChannelProp(model, graph, opaque, meta=False, atoms=atoms, registry=registry)
         prop.run(*(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs))
     return prop
 
 
-def symbolic_trace_modes(model: nn.Module, leaves: tuple = ()) -> tuple[fx.Graph, fx.Graph | None, set[str]]:
+def symbolic_trace_modes(model: nn.Module, leaves: tuple = (),
+                         registry: ops.Registry = ops.REGISTRY) -> tuple[fx.Graph, fx.Graph | None, set[str]]:
     """fx graphs of ``model`` in eval and in train mode; the train one only where it differs
     (fx fixes ``if self.training`` at trace time). Raises :class:`TraceError` as
     :func:`symbolic_trace` when the eval graph cannot be traced."""
     with in_eval(model):
-        graph, opaque = symbolic_trace(model, leaves)
+        graph, opaque = symbolic_trace(model, leaves, registry)
         if not _reads_training(model, graph):
             return graph, None, opaque
         model.train()
         try:
-            train, _ = symbolic_trace(model, leaves)
+            train, _ = symbolic_trace(model, leaves, registry)
         except TraceError as e:
             warnings.warn(f"the model traces in eval mode but not in train mode ({e}); the channel graph "
                           "follows eval mode only: a pruned model may not run in train mode", stacklevel=3)

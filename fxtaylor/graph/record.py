@@ -37,7 +37,8 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import TraceError
 from ..modes import in_eval, preserved
-from .propagate import _Tracer, _user_line
+from . import ops
+from .propagate import Tracer, user_line
 
 # Tensor attributes and methods that read metadata, never values: not recorded.
 _METADATA = {
@@ -74,11 +75,11 @@ class Partial:
         return "\n".join(lines)
 
 
-class _PartTracer(_Tracer):
+class _PartTracer(Tracer):
     """Traces a part held as child ``p`` of a wrapper; leaf decisions use the part's real path."""
 
-    def __init__(self, leaves: tuple, prefix: str):
-        super().__init__(leaves)
+    def __init__(self, leaves: tuple, prefix: str, registry: ops.Registry):
+        super().__init__(leaves, registry)
         self.prefix = prefix
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -146,10 +147,11 @@ def _walk(value: Any, mapped: Any, found: list) -> None:
 class Recorder(TorchFunctionMode):
     """Runs the model once and builds the merged graph (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, leaves: tuple):
+    def __init__(self, model: nn.Module, leaves: tuple, registry: ops.Registry = ops.REGISTRY):
         super().__init__()
         self.model = model
         self.leaves = leaves
+        self.registry = registry  # which modules are leaves (they have a row)
         self.names = {id(m): n for n, m in model.named_modules()}
         self.graph = fx.Graph()
         self.node_of: dict[int, fx.Node] = {}  # id(tensor) -> node standing for it
@@ -260,7 +262,7 @@ class Recorder(TorchFunctionMode):
 
     def _part(self, module: nn.Module, path: str, args: tuple, kwargs: dict):
         """("leaf", path) / ("traced", path, graph) for a part, None for glue code."""
-        tracer = _Tracer(self.leaves)
+        tracer = Tracer(self.leaves, self.registry)
         if tracer.is_leaf_module(module, path):
             return ("leaf", path, None)
         if not self._known((args, kwargs)) and not _tensors((args, kwargs)):
@@ -286,9 +288,9 @@ class Recorder(TorchFunctionMode):
         self.paused = True
         try:
             with preserved(wrapper):
-                graph = _PartTracer(self.leaves, path).trace(wrapper, concrete_args=tuple(fx.PH for _ in range(n)))
+                graph = _PartTracer(self.leaves, path, self.registry).trace(wrapper, concrete_args=tuple(fx.PH for _ in range(n)))
         except Exception as e:  # fx raises TraceError, TypeError, RuntimeError... alike
-            return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}{_user_line(e)}"
+            return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}{user_line(e)}"
         finally:
             self.paused = False
         if any(nd.op == "get_attr" and not nd.target.startswith("p.") for nd in graph.nodes):  # a _tensor_constant
@@ -342,11 +344,12 @@ def _signature(x: Any) -> Any:
         return repr(x)
 
 
-def record(model: nn.Module, example_inputs: Any, leaves: tuple) -> tuple[fx.Graph, tuple, Partial]:
+def record(model: nn.Module, example_inputs: Any, leaves: tuple,
+           registry: ops.Registry = ops.REGISTRY) -> tuple[fx.Graph, tuple, Partial]:
     """The merged graph of one eval-mode run of ``model`` on ``example_inputs``, the values of
     its placeholders, and what was traced. The model's train/eval flags are restored."""
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    rec = Recorder(model, leaves)
+    rec = Recorder(model, leaves, registry)
     handles = []
     try:
         for m in model.modules():

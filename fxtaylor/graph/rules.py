@@ -1,24 +1,22 @@
-"""Channel rules: one small function per kind of op, and the table that maps ops to them.
+"""Channel rules: one small function per kind of op (in the manner of fvcore's ``jit_handles.py``).
 
 Every rule has the same signature, ``rule(c: Call) -> Ann`` (or ``Multi`` for ops with several
 outputs): it reads the annotations of the op's inputs (``c.ann(i)``), records what the op ties
 or freezes in ``c.atoms``, and returns the annotation of the op's output. Rules never look at
-other nodes. Adding support for an op = writing (or reusing) a rule and adding a row: for a
-function or a method to :data:`FUNCTION_RULES` / :data:`METHOD_RULES` at the bottom, for a module
-to the op-spec table :data:`fxtaylor.graph.ops.SPECS` (everything fxtaylor knows about a module
-type: rule, surgery, read dim, cost).
-
+other nodes. Which rule runs which op is not decided here: the op registry
+(:mod:`fxtaylor.graph.ops`) maps modules (``SPECS``), functions (``FUNCTION_RULES``) and
+methods (``METHOD_RULES``) to these functions. Adding support for an op = writing (or
+reusing) a rule here and adding a row there. This module imports nothing of the registry: a
+rule that needs to ask it something (a split asks for its module's split owner) asks
+``c.registry``.
 """
 from __future__ import annotations
 
-import operator
 from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.fx as fx
-from torchvision.ops import stochastic_depth
 
 from .atoms import CONSUMER, NO_ATOM, NORM, PRODUCER, Ann, Factor
 from .call import Call, Multi, factor_on, without
@@ -309,8 +307,8 @@ def chunk(c: Call) -> Multi:
 def split(c: Call) -> Multi:
     """``split``/``unbind`` along a channel dim use fixed sizes: those channels are frozen...
 
-    ...unless the split runs in the forward of a module registered in
-    :data:`fxtaylor.graph.ops.SPLIT_OWNERS`: its sizes are attributes of that module (timm's
+    ...unless the split runs in the forward of a module the registry knows as a split owner
+    (:data:`fxtaylor.graph.ops.SPLIT_OWNERS`): its sizes are attributes of that module (timm's
     ``MixedConv2d.splits``, ``Bottle2neck.width``), which its surgery updates. Then each piece
     carries its own slice of the channels; where the module keeps one size for all pieces,
     position j of every piece is tied (as for ``chunk``), so the pieces stay equal. The module
@@ -346,7 +344,7 @@ def _split_owner(c: Call) -> tuple:
     if not stack:
         return None, None, None
     path, typ = list(stack.values())[-1]
-    owner = ops.split_owner_of(typ) if isinstance(typ, type) else None
+    owner = c.registry.split_owner_of(typ) if isinstance(typ, type) and c.registry is not None else None
     return (path, typ, owner) if owner is not None else (None, None, None)
 
 
@@ -691,139 +689,3 @@ def frozen(reason: str) -> Callable[[Call], Ann]:
 def no_channels(c: Call) -> Ann:
     """Ops whose result carries no channels and that constrain none (size, dim, shape)."""
     return ()
-
-
-# ---------------------------------------------------------------------------------------------
-# The tables for functions and methods. Modules: see fxtaylor.graph.ops.SPECS.
-
-_SAME_SHAPE_FUNCS = (
-    F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.softplus, torch.relu, torch.relu_,
-    torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.sqrt, torch.clamp, operator.neg,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone,
-    stochastic_depth,
-)
-# stochastic_depth: torchvision wraps it for fx; it scales whole samples, never single channels.
-_UNARY_FUNCS = _SAME_SHAPE_FUNCS + (
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
-)
-_TIE_FUNCS = (
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
-    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
-    torch.maximum, torch.minimum, operator.pow, torch.pow, torch.addcmul, torch.addcdiv,
-)
-_SHAPE_FUNCS = (
-    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.t, torch.unsqueeze,
-    torch.squeeze, torch.movedim, torch.unflatten, torch.roll, torch.flip, torch.narrow,
-)
-
-FUNCTION_RULES: dict[Callable, Rule] = {
-    **{f: passthrough for f in _UNARY_FUNCS},
-    **{f: elementwise for f in _TIE_FUNCS},
-    **{f: shape_op for f in _SHAPE_FUNCS},
-    operator.getitem: getitem,
-    torch.cat: cat,
-    torch.concat: cat,
-    torch.concatenate: cat,
-    torch.stack: stack,
-    operator.matmul: matmul,
-    torch.matmul: matmul,
-    torch.bmm: matmul,
-    torch.chunk: chunk,
-    torch.split: split,
-    torch.unbind: split,
-    torch.mean: reduce,
-    torch.sum: reduce,
-    torch.amax: reduce,
-    torch.amin: reduce,
-    torch.var: reduce,
-    torch.std: reduce,
-    torch.norm: reduce,
-    torch.linalg.vector_norm: reduce,
-    F.softmax: along_dim,
-    F.log_softmax: along_dim,
-    torch.softmax: along_dim,
-    torch.log_softmax: along_dim,
-    F.layer_norm: layernorm,
-    F.rms_norm: layernorm,  # (x, shape, weight, eps): a dead channel still counts in the mean square
-    F.group_norm: groupnorm,
-    # An L2 (any p-norm) normalisation: a dead channel adds 0 to the norm, so removing it leaves
-    # the others unchanged (unlike layer norm, whose mean it would shift): channels pass.
-    F.normalize: passthrough,
-    F.pad: pad,
-    F.channel_shuffle: channel_shuffle,
-    getattr: no_channels,
-    operator.floordiv: no_channels,
-}
-
-_SAME_SHAPE_METHODS = (
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "exp", "abs", "sqrt", "clamp", "clamp_",
-    "contiguous", "clone", "detach", "neg",
-)
-_TIE_METHODS = ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "addcmul", "addcdiv")
-
-METHOD_RULES: dict[str, Rule] = {
-    **{m: passthrough for m in _SAME_SHAPE_METHODS + (
-        "to", "type", "float", "half", "double", "bfloat16", "cuda", "cpu", "type_as",
-    )},
-    **{m: elementwise for m in _TIE_METHODS},
-    **{m: shape_op for m in (
-        "view", "reshape", "flatten", "permute", "transpose", "swapaxes", "swapdims", "t", "unsqueeze", "squeeze",
-        "expand", "expand_as", "view_as", "reshape_as", "movedim", "unflatten", "roll", "flip", "narrow", "repeat",
-    )},
-    "unfold": unfold,
-    "chunk": chunk,
-    "split": split,
-    "unbind": split,
-    "mean": reduce,
-    "sum": reduce,
-    "amax": reduce,
-    "amin": reduce,
-    "var": reduce,
-    "std": reduce,
-    "norm": reduce,
-    "softmax": along_dim,
-    "log_softmax": along_dim,
-    "matmul": matmul,
-    "bmm": matmul,
-    "size": no_channels,
-    "dim": no_channels,
-}
-
-
-# Ops whose output has the shape of their first input (or of the broadcast of their inputs):
-# on meta tensors propagate.py skips running them, as their meta kernels are slow Python.
-# (Modules: OpSpec.same_shape.)
-SAME_SHAPE_FUNCS = frozenset(_SAME_SHAPE_FUNCS)
-SAME_SHAPE_METHODS = frozenset(_SAME_SHAPE_METHODS)
-BROADCAST_FUNCS = frozenset(_TIE_FUNCS)
-BROADCAST_METHODS = frozenset(_TIE_METHODS)
-
-
-def known_leaf(module: nn.Module) -> bool:
-    """fxtaylor knows ``module`` (it has an op spec), so fx calls it as one node, not traced into
-    (a library subclass of a torch.nn layer such as timm's BatchNormAct2d or torchvision's
-    Conv3DSimple)."""
-    return ops.spec_of(module) is not None
-
-
-def lookup_module(module: nn.Module) -> Rule | None:
-    """The channel rule of a module, from its op spec (:func:`fxtaylor.graph.ops.spec_of`)."""
-    spec = ops.spec_of(module)
-    return spec.rule if spec is not None else None
-
-
-def lookup(node: fx.Node, module: nn.Module | None) -> Rule | None:
-    """The rule for a node, or None when fxtaylor has none (the caller freezes around it)."""
-    if node.op == "call_module":
-        return lookup_module(module)
-    if node.op == "call_function":
-        return FUNCTION_RULES.get(node.target)
-    if node.op == "call_method":
-        return METHOD_RULES.get(node.target)
-    return None
-
-
-from . import ops  # last: ops builds its table from the rules above

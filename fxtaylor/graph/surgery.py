@@ -4,7 +4,8 @@ fxtaylor decides *which* positions go (the channel graph); torch-pruning's per-l
 do the tensor surgery, and :func:`slice_channels` cuts modules torch-pruning has no function for
 (a module's per-channel parameters and buffers, named by its spec). Each handler has one
 signature, ``handler(module, removed)``, where ``removed`` maps a space role ('out', 'in',
-'norm') to the sorted positions to delete.
+'norm') to the sorted positions to delete. Which handler cuts which module is the op
+registry's business (``ops.Registry.prune_module``): nothing here looks a module up.
 """
 from __future__ import annotations
 
@@ -126,33 +127,6 @@ def slice_channels(m: nn.Module, positions: Sequence[int], names: Sequence[str])
         size = int(keep.numel())
     if size is not None and isinstance(getattr(m, "num_features", None), int):
         m.num_features = size
-
-
-def check_module(m: nn.Module, removed: dict[str, list[int]]) -> None:
-    """Raise :class:`PruneError` where ``m``'s surgery could not apply ``removed`` (a split
-    piece left empty), before any module of the cut is touched."""
-    from .ops import spec_of, split_owner_of
-
-    owner = split_owner_of(type(m)) if spec_of(m) is None else None
-    if owner is not None and owner.check is not None and "split" in removed:
-        owner.check(m, removed)
-
-
-def prune_module(m: nn.Module, removed: dict[str, list[int]]) -> None:
-    """Cut ``m`` by its op spec: its ``prune`` handler, else its ``channel_buffers``; or, for a
-    module that splits by its own attributes (``ops.SPLIT_OWNERS``), update them."""
-    from .ops import spec_of, split_owner_of
-
-    spec = spec_of(m)
-    owner = split_owner_of(type(m)) if spec is None else None
-    if spec is not None and spec.prune is not None:
-        spec.prune(m, removed)
-    elif spec is not None and spec.channel_buffers and len(removed) == 1:
-        slice_channels(m, next(iter(removed.values())), spec.channel_buffers)  # its one space
-    elif owner is not None and set(removed) == {"split"}:
-        owner.prune(m, removed)
-    else:
-        raise PruneError(f"no prune handler for {type(m).__name__}")
 
 
 def prune_parameter(model: nn.Module, path: str, dim: int, idxs: list[int]) -> None:

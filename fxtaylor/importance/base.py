@@ -22,9 +22,13 @@ import torch_pruning as tp
 from .. import distributed
 from ..cost import CostModel, FlopsCost
 from .. import examples
+from ..devices import device_of
 from ..errors import ArgumentError, FxTaylorError
 from ..graph import ChannelGraph, ChannelGroup, trace
 from ..graph.atoms import PRODUCER
+
+DEFAULT_COST = FlopsCost
+"""The resource a criterion regularises by when it is given no cost model: the paper's FLOPs."""
 
 NORMALIZERS = (None, "l2", "sum", "standarization", "mean", "max", "gaussian", "lamp")
 
@@ -40,20 +44,31 @@ def normalize(scores: torch.Tensor, how: str | None) -> torch.Tensor:
     return tp.importance.GroupMagnitudeImportance(normalizer=how)._normalize(scores, how)
 
 
+def check_normalize(normalize: Any) -> None:
+    """``normalize`` names a normaliser (:data:`NORMALIZERS`); the one check the library,
+    :func:`fxtaylor.prune` and the command share."""
+    if normalize not in NORMALIZERS:
+        raise ArgumentError(f"normalize must be one of {', '.join(map(repr, NORMALIZERS))}, got {normalize!r}")
+
+
+def check_flops_reg(flops_reg: Any) -> None:
+    """λ, the weight of the resource cost in the score (eq. 9): a number >= 0."""
+    if isinstance(flops_reg, bool) or not isinstance(flops_reg, (int, float)) or not flops_reg >= 0:
+        raise ArgumentError(f"flops_reg (λ) must be >= 0, got {flops_reg!r}")
+
+
 def check_arguments(model: Any, *, normalize: Any, flops_reg: Any, graph: Any, cost: Any) -> None:
     """A criterion's constructor arguments, before the model is run or traced."""
     examples.check_model(model)
-    if normalize not in NORMALIZERS:
-        raise ArgumentError(f"normalize must be one of {', '.join(map(repr, NORMALIZERS))}, got {normalize!r}")
-    if isinstance(flops_reg, bool) or not isinstance(flops_reg, (int, float)) or not flops_reg >= 0:
-        raise ArgumentError(f"flops_reg (λ) must be >= 0, got {flops_reg!r}")
+    check_normalize(normalize)
+    check_flops_reg(flops_reg)
     if graph is not None:
         if not isinstance(graph, ChannelGraph):
             raise ArgumentError(f"graph must be a ChannelGraph (fxtaylor.trace), got {type(graph).__name__}")
         if graph.model is not model:
             raise ArgumentError("graph was traced from another model: pass the graph of this model (fxtaylor.trace(model, ...))")
     if cost is not None and not isinstance(cost, CostModel):
-        raise ArgumentError(f"cost must be a cost model (fxtaylor.cost.FlopsCost, LatencyCost), got {type(cost).__name__}")
+        raise ArgumentError(f"cost must be a cost model (a fxtaylor.cost.CostModel), got {type(cost).__name__}")
 
 
 class GraphImportance(tp.importance.Importance):
@@ -71,7 +86,7 @@ class GraphImportance(tp.importance.Importance):
         **trace_kwargs: Any,
     ):
         check_arguments(model, normalize=normalize, flops_reg=flops_reg, graph=graph, cost=cost)
-        unknown = sorted(set(trace_kwargs) - {"ignored_layers", "leaf_modules", "exact"})
+        unknown = sorted(set(trace_kwargs) - {"ignored_layers", "leaf_modules", "exact", "specs"})
         if unknown:
             raise ArgumentError(f"unknown argument {unknown[0]!r} (a criterion takes normalize, flops_reg, graph, cost, "
                                 "and for tracing ignored_layers, leaf_modules, exact)")
@@ -83,7 +98,7 @@ class GraphImportance(tp.importance.Importance):
         self.graph = graph if graph is not None else trace(model, example_inputs, **trace_kwargs)
         self._names = {id(m): n for n, m in model.named_modules()}
         self.flops = FlopsCost()  # always counted: every run reports FLOPs
-        self.cost = cost if cost is not None else self.flops  # the resource λ regularises
+        self.cost = cost if cost is not None else self.flops  # the resource λ regularises (DEFAULT_COST: FLOPs)
         self._normalized: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- to implement ------------------------------------------------------------------------
@@ -135,8 +150,7 @@ class GraphImportance(tp.importance.Importance):
 
     @property
     def device(self) -> torch.device:
-        p = next(self.model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
+        return device_of(self.model)
 
     def sync(self) -> None:
         """Re-trace if the model was pruned by someone else (e.g. torch-pruning's pruner).

@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 
 from ..errors import ArgumentError, FxTaylorError
-from ..graph import ops
 from ..graph.atoms import PRODUCER
 from .base import GraphImportance
 from .observe import Read, Reads, reads_of
@@ -37,8 +36,8 @@ class WeightImportance(GraphImportance):
                 continue
             module = self.model.get_submodule(name)
             with torch.no_grad():  # the weight the layer applies (standardised, for a StdConv2d)
-                w = ops.weight_of(module).detach()
-            per_pos = _per_output(w, ops.spec_of(module).out_axis, getattr(module, "groups", 1)).to("cpu", torch.float64)
+                w = self.graph.registry.weight_of(module).detach()
+            per_pos = _per_output(w, self.graph.spec_of(module).out_axis, getattr(module, "groups", 1)).to("cpu", torch.float64)
             ok = units >= 0
             total.index_add_(0, units[ok], per_pos[ok])
             count.index_add_(0, units[ok], torch.ones(int(ok.sum()), dtype=torch.float64))

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..graph import ChannelGraph, ops
+from ..graph import ChannelGraph
 from ..graph.atoms import PRODUCER
 
 
@@ -56,7 +56,7 @@ class Read:
         index = torch.nonzero(units >= 0).flatten()
         targets = units[index]
         return Read(consumer, call, dim, units, index.to(device), targets.to(device),
-                    _span(units), ndim, _sum_dims(ndim, dim))
+                    _span(units), ndim, summed_dims(ndim, dim))
 
 
 def _span(units: torch.Tensor) -> tuple[int, int] | None:
@@ -67,7 +67,7 @@ def _span(units: torch.Tensor) -> tuple[int, int] | None:
     return (lo, lo + units.numel()) if torch.equal(units, torch.arange(lo, lo + units.numel())) else None
 
 
-def _sum_dims(ndim: int, dim: int) -> tuple[int, ...]:
+def summed_dims(ndim: int, dim: int) -> tuple[int, ...]:
     """The dims of a read reduced per example and position: all but dim 0 and ``dim``."""
     return tuple(d for d in range(1, ndim) if d != dim % max(ndim, 1))
 
@@ -162,7 +162,7 @@ def producers_of(graph: ChannelGraph, device: torch.device) -> list[Producer]:
         units = graph.unit_maps[(name, role)]
         per_unit = torch.bincount(units[units >= 0], minlength=n).to(torch.float64)
         module = graph.model.get_submodule(name)
-        spec = ops.spec_of(module)
+        spec = graph.spec_of(module)  # the graph's own rows (trace(specs=)) first
         # a spec without out_dim (a user's row): channels on the last dim, as a linear has them
         out_dim = spec.out_dim if spec is not None and spec.out_dim is not None else _last
         out.append(Producer(name, per_unit.to(device), partial(out_dim, module)))

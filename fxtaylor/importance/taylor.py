@@ -43,7 +43,7 @@ import torch.nn as nn
 
 from ..errors import ArgumentError, FxTaylorError
 from .base import GraphImportance
-from .observe import Produced, Producer, Read, Reads, _sum_dims, elements_per_position, producers_of, reads_of
+from .observe import Produced, Producer, Read, Reads, elements_per_position, producers_of, reads_of, summed_dims
 
 
 class _Pass:
@@ -231,7 +231,7 @@ def _add_per_example(acc: torch.Tensor, g: torch.Tensor, z: torch.Tensor, read: 
     units are a contiguous range, else ``index_add_``). A read without spatial dims ([N, C])
     is one ``addcmul_`` into the slice. docs/criterion.md compares the alternatives.
     """
-    dims = read.sum_dims if g.dim() == read.ndim else _sum_dims(g.dim(), read.dim)
+    dims = read.sum_dims if g.dim() == read.ndim else summed_dims(g.dim(), read.dim)
     span = read.span
     if not dims:
         if span is not None:
@@ -256,7 +256,7 @@ def _add_shared(acc: torch.Tensor, g: torch.Tensor, z: torch.Tensor, read: Read,
         g, z, dim = g.unsqueeze(0), z.unsqueeze(0), 1
     else:
         dim = read.dim
-    gz = torch.mul(g, z).sum((0, *_sum_dims(g.dim(), dim)), dtype=torch.float32) / batch  # [C]
+    gz = torch.mul(g, z).sum((0, *summed_dims(g.dim(), dim)), dtype=torch.float32) / batch  # [C]
     acc.index_add_(1, read.targets, gz.index_select(0, read.index).expand(acc.shape[0], -1))
 
 

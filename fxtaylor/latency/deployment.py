@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..devices import device_of
 from ..errors import FxTaylorError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -80,10 +81,10 @@ class Deployment:
         """This deployment with every None filled: the model's device, the device's default
         memory format, torch's thread count. Raises FxTaylorError for a device that does not
         exist here or a dtype it cannot run (tried with a tiny conv, once per process)."""
-        device = _check_device(self.device if self.device is not None else str(_device_of(model)))
+        device = _check_device(self.device if self.device is not None else str(device_of(model)))
         fmt = self.memory_format or DEFAULT_MEMORY_FORMAT.get(torch.device(device).type, "contiguous")
         threads = self.threads if self.threads is not None else torch.get_num_threads()
-        _check_runs(device, self.dtype, fmt)
+        check_runs(device, self.dtype, fmt)
         return dataclasses.replace(self, device=device, memory_format=fmt, threads=threads)
 
     @property
@@ -108,6 +109,14 @@ class Deployment:
         d["torch"] = torch.__version__
         return d
 
+    def describe(self) -> str:
+        """The whole deployment in words: ``"cpu, batch 1, float32, channels_last, 2 threads"``."""
+        return describe(self.as_dict())
+
+    def how_to_run(self) -> str:
+        """How to run a model as it was measured here (:func:`how_to_run`)."""
+        return how_to_run(self.as_dict())
+
     def key(self) -> str:
         """A stable file-name-safe string naming everything a latency depends on: device model
         (GPU name or CPU model), torch version, batch, dtype, format, threads. Call it on a
@@ -118,14 +127,6 @@ class Deployment:
             f"b{self.batch_size}", self.dtype, self.memory_format or "auto", f"t{self.threads or 'auto'}",
         ]
         return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts))
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def _check_device(device: str) -> str:
@@ -148,7 +149,7 @@ def _check_device(device: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _check_runs(device: str, dtype: str, memory_format: str) -> None:
+def check_runs(device: str, dtype: str, memory_format: str) -> None:
     """Run a tiny conv in ``dtype``/``memory_format`` on ``device``: kernels missing for a dtype
     (float16 convolution on some CPU builds) fail here, once, not in the middle of a build."""
     try:
@@ -175,3 +176,27 @@ def device_name(device: str) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
+
+
+def describe(d: dict) -> str:
+    """A deployment recorded by :meth:`Deployment.as_dict` (a report's ``config.deployment``)
+    in words: device, batch, dtype, memory format and — on a CPU — threads."""
+    parts = [str(d.get("device")), f"batch {d.get('batch_size')}", str(d.get("dtype"))]
+    if d.get("memory_format"):
+        parts.append(str(d["memory_format"]))
+    if d.get("threads") and str(d.get("device")).startswith("cpu"):
+        parts.append(f"{d['threads']} thread{'s' if d['threads'] != 1 else ''}")
+    return ", ".join(parts)
+
+
+def how_to_run(d: dict) -> str:
+    """How to run a model as the deployment ``d`` measured it: a latency holds only for the
+    layout, dtype and threads it was measured with (a channels_last measurement says little
+    about the contiguous layout a model gets by default)."""
+    steps = [f"model.to({d.get('device')!r}, dtype=torch.{d.get('dtype')}).eval()"]
+    if d.get("memory_format") == "channels_last":
+        steps.append("model.to(memory_format=torch.channels_last) and each input x.to(memory_format=torch.channels_last)")
+    if d.get("threads") and str(d.get("device")).startswith("cpu"):
+        steps.append(f"torch.set_num_threads({d['threads']})")
+    steps.append(f"batches of {d.get('batch_size')}")
+    return "; ".join(steps)

@@ -149,7 +149,7 @@ def find(model: nn.Module, x: torch.Tensor, names: set[str] | None) -> tuple[lis
         if any(s != shapes[0] for s in shapes):
             skipped[n] = f"called {len(shapes)} times at different shapes"
             continue
-        spec = _spec(n, m, shapes[0], len(shapes))
+        spec = layer_spec(n, m, shapes[0], len(shapes))
         if isinstance(spec, str):
             skipped[n] = spec
         else:
@@ -174,7 +174,7 @@ def _depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels
 
 
-def _spec(name: str, m: nn.Module, shape: tuple[int, ...], calls: int) -> LayerSpec | str:
+def layer_spec(name: str, m: nn.Module, shape: tuple[int, ...], calls: int) -> LayerSpec | str:
     """The LayerSpec of module ``m`` called at input ``shape``, or why it is not modelled."""
     if len(shape) < 2:
         return "input is not a tensor with a channel dim"
@@ -230,7 +230,7 @@ def widths(model: nn.Module, example_input: torch.Tensor, names: Iterable[str] |
 
     check_model(model)
     one = one_tensor(example_input)[:1]
-    specs, _ = find(model, one, _names(names))
+    specs, _ = find(model, one, layer_names(names))
     out = {}
     for s in specs:
         m = s.module
@@ -243,7 +243,7 @@ def widths(model: nn.Module, example_input: torch.Tensor, names: Iterable[str] |
     return out
 
 
-def _names(names: Iterable[str] | None) -> set[str] | None:
+def layer_names(names: Iterable[str] | None) -> set[str] | None:
     """``layers`` / ``names``: module names (a list, set, ...), or None for every leaf."""
     if names is None:
         return None

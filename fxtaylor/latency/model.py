@@ -21,7 +21,7 @@ the three splits compared: median error of the predicted speed-up 1.9–9.1 %, a
 4.0–15.9 % with all of R following the layers and 4.1–17.9 % with all of R constant. Bias: a model pruned far below the widths
 measured keeps half of R, which may be more or less than what it really keeps.
 
-Cache (``fxtaylor.job.cache_dir() / "latency" / <Deployment.key()>``, JSON, atomic writes):
+Cache (``fxtaylor.cache.cache_dir() / "latency" / <Deployment.key()>``, JSON, atomic writes):
 
 - ``tables/<layer key>.json``: one layer configuration's grid of isolated times (shared by
   every model, and every module, with that configuration);
@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..cache import cache_dir as default_cache_dir
 from ..errors import FxTaylorError
 from ..examples import check_model
 from ..files import atomic_write
@@ -145,19 +146,17 @@ class LatencyModel:
         runs it. ``example_input``: one batch of the model's input (its per-sample shape is
         used). ``layers``: names of the modules to model (e.g. ``graph.module_io()``'s); None:
         every leaf module of a modelled type. ``cache_dir``: default
-        ``fxtaylor.job.cache_dir() / "latency"``. ``model`` itself is not modified."""
+        ``fxtaylor.cache.cache_dir() / "latency"``. ``model`` itself is not modified."""
         check_model(model)
         timing.check_deployment(deployment)
         example_input = timing.one_tensor(example_input)
-        layers = layers_mod._names(layers)
+        layers = layers_mod.layer_names(layers)
         if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
             raise FxTaylorError(f"cache_dir must be a path (str or os.PathLike) or None, got {type(cache_dir).__name__}")
         start = time.perf_counter()
         dep = deployment.resolved(model)
         if cache_dir is None:
-            from ..job import cache_dir as default_cache
-
-            cache_dir = default_cache() / "latency"
+            cache_dir = default_cache_dir() / "latency"
         root = Path(cache_dir) / dep.key()
         prepared = timing.prepare(model, dep)
         x = timing.batch_like(example_input, dep)
@@ -215,7 +214,7 @@ class LatencyModel:
                                 "<cache>/latency/<deployment key> copied from the machine that measured it")
         check_model(model)
         example_input = timing.one_tensor(example_input)
-        layers = layers_mod._names(layers)
+        layers = layers_mod.layer_names(layers)
         for f in sorted((root / "models").glob("*.json")):
             saved = _read(f, FORMAT_MODEL, lambda d: d)
             if saved is None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .. import examples
+from ..devices import device_of
 from ..errors import FxTaylorError, describe as describe_error
 from ..graph import selection
 
@@ -23,25 +24,19 @@ def check(schedule, val_loader, evaluate, ckpt_dir, resume) -> None:
         raise FxTaylorError("resume=True needs the checkpoint_dir of the interrupted run")
 
 
-def check_arguments(model: nn.Module, *, optimizer: Any, seed: Any, arch: Any, normalize: Any, criterion: Any,
-                    **functions: Any) -> None:
+def check_arguments(model: nn.Module, *, optimizer: Any, seed: Any, arch: Any, **functions: Any) -> None:
     """Arguments that would otherwise fail mid-run (an arch record read at the end, a seed at
     the first resume) or silently (an optimizer over another model's parameters trains nothing)."""
     from .. import models
-    from ..importance.base import NORMALIZERS
 
     for name, f in functions.items():
         if f is not None and not callable(f):
             raise FxTaylorError(f"{name} must be a function, got {type(f).__name__}")
-    if not isinstance(criterion, str) and not callable(criterion):
-        raise FxTaylorError(f"criterion must be a name or a GraphImportance factory, got {type(criterion).__name__}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise FxTaylorError(f"seed must be an integer or None, got {seed!r}")
     if arch is not None and not (isinstance(arch, dict) and arch.get("kind") in models.KINDS):
         raise FxTaylorError(f"arch must be an arch record, a dict whose 'kind' is one of {', '.join(models.KINDS)} "
                             f"(fxtaylor.models), got {arch!r:.80}")
-    if normalize not in NORMALIZERS:
-        raise FxTaylorError(f"normalize must be one of {', '.join(map(repr, NORMALIZERS))}, got {normalize!r}")
     if optimizer is not None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise FxTaylorError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -162,7 +157,7 @@ def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Cal
     its outputs are class scores, its labels fit them, the data holds at least two classes and
     the loss is finite. Returns what every later batch is checked against (None when the loss
     is not cross-entropy on class indices)."""
-    device = _device(model)
+    device = device_of(model)
     x = x.to(device)
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise FxTaylorError(f"the training loader's first batch holds NaN or inf inputs ({shape_of(x)})")
@@ -233,7 +228,7 @@ def check_val(model: nn.Module, loader: Iterable, classes: Classes | None) -> No
     if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(b, torch.Tensor) for b in batch[:2])):
         raise FxTaylorError(f"val_loader must yield (inputs, labels) tensor pairs for top-1 accuracy; got {describe(batch)} "
                             "(or pass evaluate=fn(model) -> accuracy)")
-    out = run(model, batch[0].to(_device(model)), "val_loader's first batch")
+    out = run(model, batch[0].to(device_of(model)), "val_loader's first batch")
     if not (isinstance(out, torch.Tensor) and out.dim() >= 2):
         raise FxTaylorError(f"top-1 accuracy on val_loader needs class scores [batch, classes] from the model, got "
                             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__} (or pass evaluate=fn(model))")
@@ -295,11 +290,6 @@ def _labels_of(ds: Any, depth: int) -> torch.Tensor | None:
     except (TypeError, ValueError, RuntimeError):
         return None
     return t if t.dim() == 1 and not t.is_floating_point() and t.dtype != torch.bool else None
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def describe(batch: Any) -> str:

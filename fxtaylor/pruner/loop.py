@@ -25,13 +25,17 @@ import torch.utils._pytree as pytree
 from tqdm.auto import tqdm
 
 from .. import distributed, files, flops, models, optim, saving
+from ..devices import device_of
+from ..cost import RESOURCES
 from ..errors import FxTaylorError, describe
+from ..latency.verdict import not_faster
 from ..graph import trace
 from ..importance.base import GraphImportance
 from . import inputs, measure, state
-from .options import Schedule, Target, split_options
-from .pruner import CRITERIA, Pruner, compare
+from .options import Schedule, Target, check_ranking, split_options
+from .pruner import Pruner, compare
 from .result import PruneResult
+from .training import Training, with_aux
 
 DEFAULT_FLOPS_REG = 0.0
 """λ when none is given. The paper's 1e-3 is in its own (unstated) FLOPs units; ours are
@@ -47,8 +51,6 @@ def prune(
     model: nn.Module,
     train_loader: Iterable,
     *,
-    target_flops: float | None = None,
-    target_latency: float | None = None,
     target: Target | None = None,
     schedule: Schedule | None = None,
     deployment: Any = None,
@@ -80,12 +82,15 @@ def prune(
     """Prune ``model`` (fine-tuned on the task of ``train_loader``) to a target, fine-tuning all
     along. The model is pruned in place; see :class:`PruneResult`.
 
-    Target (exactly one; or ``target=Target(...)``): ``target_flops`` × its FLOPs (the paper's
-    resource, counted by fvcore) or ``target_latency`` × its latency *measured* as deployed
-    (``deployment``: :class:`fxtaylor.latency.Deployment` — device, batch size, dtype, memory
-    format; default: the model's device, batch 1, float32). Every run measures the latency
-    before and after on that deployment and warns when the pruned model is not faster.
-    ``cost``: a :class:`fxtaylor.cost.CostModel` to predict the resource with (see :class:`Pruner`).
+    Target (exactly one ``target_<resource>=fraction``, or ``target=Target(resource,
+    fraction)``; docs/resources.md): ``target_flops`` × its FLOPs (the paper's resource, counted
+    by fvcore), ``target_latency`` × its latency *measured* as deployed, ``target_params`` × its
+    saved state dict's bytes, ``target_memory`` × its peak activation memory at the
+    deployment's batch size. ``deployment``: :class:`fxtaylor.latency.Deployment` — device,
+    batch size, dtype, memory format, threads; default: the model's device, batch 1, float32.
+    Every run measures the latency before and after on that deployment and warns when the
+    pruned model is not faster. ``cost``: a :class:`fxtaylor.cost.CostModel` to predict the
+    target's resource with (see :class:`Pruner`).
 
     Schedule (``schedule=Schedule(...)`` or the same names as keywords, docs/usage.md):
     ``updates_between_prunes`` (paper: 30) updates observe the criterion before each pruning
@@ -145,23 +150,19 @@ def prune(
     each cut (the one passed in is spent after the first: use ``result.model``), and only rank
     0 writes the checkpoint.
     """
-    options.update(target_flops=target_flops, target_latency=target_latency)
     target, schedule = split_options(target, schedule, options)
     inputs.check(schedule, val_loader, evaluate, checkpoint_dir, resume)
     if not isinstance(model, nn.Module):
         raise FxTaylorError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(criterion, str) and criterion not in CRITERIA:
-        raise FxTaylorError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)} or pass a GraphImportance factory")
-    if not (isinstance(flops_reg, (int, float)) and flops_reg >= 0):
-        raise FxTaylorError(f"flops_reg (λ) must be >= 0, got {flops_reg!r}")
+    check_ranking(criterion, normalize, flops_reg)
     given = [n for n, f in (("loss_fn", loss_fn), ("batch_loss", batch_loss), ("train_step", train_step)) if f is not None]
     if len(given) > 1:
         raise FxTaylorError(f"give one of loss_fn, batch_loss and train_step, not {' and '.join(given)} "
                             "(batch_loss and train_step compute their own loss)")
     if batch_loss is not None and not callable(batch_loss):
         raise FxTaylorError(f"batch_loss must be a function (model, batch) -> loss, got {type(batch_loss).__name__}")
-    inputs.check_arguments(distributed.unwrap(model)[0], optimizer=optimizer, seed=seed, arch=arch, normalize=normalize,
-                           criterion=criterion, loss_fn=loss_fn, train_step=train_step, evaluate=evaluate, on_step=on_step,
+    inputs.check_arguments(distributed.unwrap(model)[0], optimizer=optimizer, seed=seed, arch=arch,
+                           loss_fn=loss_fn, train_step=train_step, evaluate=evaluate, on_step=on_step,
                            on_start=on_start, measure_fn=measure_fn)
     inputs.reiterable(train_loader, "the training loader (train_loader)")
     if val_loader is not None:
@@ -169,10 +170,8 @@ def prune(
     inputs.check_model(distributed.unwrap(model)[0])
     from ..latency import Deployment
 
-    if getattr(cost, "measured_here", True):
-        deployment = (deployment or Deployment()).resolved(distributed.unwrap(model)[0])  # unrunnable settings fail here
-    else:  # a latency table measured elsewhere carries its own deployment
-        deployment = cost.deployment
+    elsewhere = getattr(cost, "measured_elsewhere", None)  # a latency table measured elsewhere carries its own deployment
+    deployment = elsewhere or (deployment or Deployment()).resolved(distributed.unwrap(model)[0])  # unrunnable settings fail here
     ckpt = _agree(lambda: _checkpoint_dir(checkpoint_dir, resume))
     if seed is not None:
         state.seed_everything(seed)
@@ -180,10 +179,17 @@ def prune(
             train_loader.generator.manual_seed(seed)  # it shuffles, not the global RNG
     ddp = model if distributed.is_ddp(model) else None  # the user's wrapper: used until the first cut
     model, ddp_kwargs = distributed.unwrap(model)
-    progress = progress and distributed.is_main()  # one set of bars, not one per rank
-    custom = train_step if train_step is not None else batch_loss
-    example, classes = _agree(lambda: _first_batch(model, train_loader, val_loader, loss_fn, custom, example_inputs))
-    run = _Run(model, train_loader, example, locals())
+    training = Training(loss_fn=loss_fn, train_step=train_step, batch_loss=batch_loss, optimizer=optimizer,
+                        val_loader=val_loader, evaluate=evaluate, checkpoint_dir=checkpoint_dir, seed=seed, arch=arch,
+                        measure_latency=measure_latency, measure_fn=measure_fn,
+                        progress=progress and distributed.is_main(),  # one set of bars, not one per rank
+                        on_step=on_step, on_start=on_start)
+    example, classes = _agree(lambda: _first_batch(model, train_loader, val_loader, loss_fn, training.custom, example_inputs))
+    ranking = {"criterion": criterion, "normalize": normalize, "flops_reg": flops_reg}
+    trace_kwargs = {"ignored_layers": inputs.names(model, ignored_layers, False),
+                    "leaf_modules": inputs.names(model, leaf_modules, True), "exact": exact}
+    run = Run(model, train_loader, example, classes, target=target, schedule=schedule, deployment=deployment, cost=cost,
+               ranking=ranking, training=training, trace_kwargs=trace_kwargs, ddp=(ddp, ddp_kwargs))
     return run.execute(ckpt)
 
 
@@ -223,10 +229,10 @@ def _first_batch(model: nn.Module, train_loader: Iterable, val_loader: Iterable 
         if train_step is None:
             raise FxTaylorError("example_inputs is for models whose batches are not (inputs, labels) tensor pairs: "
                                 "give batch_loss or train_step with it")
-        example = inputs.example(model, _to(example_inputs, measure.device_of(model)))  # model(*x), else model(x)
+        example = inputs.example(model, _to(example_inputs, device_of(model)))  # model(*x), else model(x)
         return example, None
     x, y = inputs.first_batch(train_loader, custom=train_step is not None)
-    example = x[:1].to(measure.device_of(model))
+    example = x[:1].to(device_of(model))
     if train_step is None:
         classes = inputs.check_batch(model, x, y, loss_fn, train_loader, val_loader)
     else:  # the step reads the batch: only the input the graph is traced with must run
@@ -235,19 +241,6 @@ def _first_batch(model: nn.Module, train_loader: Iterable, val_loader: Iterable 
     if val_loader is not None:
         inputs.check_val(model, val_loader, classes)
     return example, classes
-
-
-AUX_WEIGHT = 0.3  # GoogLeNet's (Szegedy et al. 2015) weight of each auxiliary classifier's loss
-
-
-def _with_aux(loss_fn: Callable, out: Any, y: torch.Tensor) -> torch.Tensor:
-    """The classification loss; a model with auxiliary heads (torchvision's GoogLeNet and
-    Inception-v3 return ``(logits, aux_logits...)`` named tuples in train mode) adds
-    ``AUX_WEIGHT`` × each auxiliary loss, so those heads train and are observed too."""
-    if isinstance(out, tuple) and "logits" in getattr(out, "_fields", ()):
-        aux = [getattr(out, f) for f in out._fields if f.startswith("aux") and getattr(out, f) is not None]
-        return loss_fn(out.logits, y) + AUX_WEIGHT * sum(loss_fn(a, y) for a in aux)
-    return loss_fn(out, y)
 
 
 def _to(x: Any, device: torch.device) -> Any:
@@ -261,34 +254,24 @@ def _read_checkpoint(ckpt_dir: str | os.PathLike) -> dict:
     return ckpt
 
 
-class _Run:
+class Run:
     """One call of :func:`prune`: the :class:`Pruner` plus training, evaluation, checkpoints."""
 
-    def __init__(self, model: nn.Module, loader: Iterable, example: torch.Tensor, args: dict[str, Any]):
+    def __init__(self, model: nn.Module, loader: Iterable, example: Any, classes: inputs.Classes | None, *, target: Target,
+                 schedule: Schedule, deployment: Any, cost: Any, ranking: dict[str, Any], training: Training,
+                 trace_kwargs: dict[str, Any], ddp: tuple):
         self.model, self.example = model, example
-        self.target: Target = args["target"]
-        self.schedule: Schedule = args["schedule"]
-        self.deployment, self.cost = args["deployment"], args["cost"]
-        self.loss_fn = args["loss_fn"] or nn.CrossEntropyLoss()
-        self.train_step, self.batch_loss = args["train_step"], args["batch_loss"]
-        self.criterion, self.normalize, self.flops_reg = args["criterion"], args["normalize"], args["flops_reg"]
-        self.val_loader, self.evaluate = args["val_loader"], args["evaluate"]
-        self.user_arch, self.seed = args["arch"], args["seed"]
-        self.ddp, self.ddp_kwargs = args["ddp"], args["ddp_kwargs"]
-        self.opt = args["optimizer"]
-        self.measure_latency, self.measure_fn = args["measure_latency"], args["measure_fn"]
-        self.progress, self.on_step, self.on_start = args["progress"], args["on_step"], args["on_start"]
-        self.classes: inputs.Classes | None = args["classes"]  # what each batch's labels are checked against
+        self.target, self.schedule, self.deployment, self.cost = target, schedule, deployment, cost
+        self.ranking, self.training, self.trace_kwargs = ranking, training, trace_kwargs
+        self.loss_fn = training.loss_fn or nn.CrossEntropyLoss()
+        self.opt = training.optimizer
+        self.ddp, self.ddp_kwargs = ddp
+        self.progress = training.progress
+        self.classes = classes  # what each batch's labels are checked against
         self.base_shapes = saving.shapes_of(model)  # the model passed in, before any cut: a resume must get the same
         self.resumed_at = None  # the run's time at the checkpoint it continues from
-        self.has_ckpt_dir = args["checkpoint_dir"] is not None
         self.batches = state.Batches(loader)
-        self.trace_kwargs = {
-            "ignored_layers": inputs.names(model, args["ignored_layers"], False),
-            "leaf_modules": inputs.names(model, args["leaf_modules"], True),
-            "exact": args["exact"],
-        }
-        self.ckpt_path = Path(args["checkpoint_dir"]) / CHECKPOINT if self.has_ckpt_dir else None
+        self.ckpt_path = Path(training.checkpoint_dir) / CHECKPOINT if training.checkpoint_dir is not None else None
         self.removed: list[int] = []
         self.history: list[dict[str, Any]] = []
         self.t0 = time.perf_counter()
@@ -296,16 +279,15 @@ class _Run:
     # -- setup -------------------------------------------------------------------------------
 
     def execute(self, ckpt: dict | None) -> PruneResult:
-        latency_target = self.target.resource == "latency"
-        self.original = copy.deepcopy(self.model) if (self.measure_latency or latency_target) else None
+        tr = self.training
+        # the dense model: what latency is reported against, and a measured resource's reference
+        self.original = copy.deepcopy(self.model) if (tr.measure_latency or RESOURCES[self.target.resource].measured) else None
         self.layers_before = measure.out_channels(self.model)
         graph = self._restore_model(ckpt) if ckpt is not None else trace(self.model, self.example, **self.trace_kwargs)
-        reduction = getattr(self.loss_fn, "reduction", "mean") if self.train_step is None and self.batch_loss is None else "mean"
         self.pruner = Pruner(
             self.model, self.example, target=self.target, schedule=self.schedule, deployment=self.deployment, cost=self.cost,
-            criterion=self.criterion, normalize=self.normalize, flops_reg=self.flops_reg, optimizer=self.opt,
-            graph=graph, reference=self.original, measure_fn=self.measure_fn,
-            loss_reduction="sum" if reduction == "sum" else "mean", progress=self.progress,
+            **self.ranking, optimizer=self.opt, graph=graph, reference=self.original, measure_fn=tr.measure_fn,
+            loss_reduction=tr.loss_reduction, progress=self.progress,
             state=ckpt["pruner"] if ckpt is not None else None, **self.trace_kwargs,
         )
         self.imp = self.pruner.imp
@@ -318,13 +300,15 @@ class _Run:
             self.opt = self.opt or optim.paper_sgd(self.model)
             self.pruner.optimizer = self.opt
             self.before = {"flops": self.imp.total_flops(), "params": measure.params(self.model), "accuracy": self._evaluate()}
+            if not self.pruner.resource.measured:  # the target resource as counted (FLOPs: the same count)
+                self.before.setdefault(self.pruner.resource.key, self.pruner.dense)
             self.history.append(self._record(0, 0, None, self.before["accuracy"]))
         else:
             self._restore_run(ckpt)
         if self.ckpt_path is not None and distributed.is_main():
             files.remove_leftovers(self.ckpt_path.parent)  # what a writer killed mid-write left
-        if self.on_start is not None:
-            self.on_start()
+        if tr.on_start is not None:
+            tr.on_start()
         result = self._loop()
         # over every part of a resumed run: from the first record (unpruned) to now
         self.timings = {"prune_s": time.perf_counter() - self.t0 - self.history[0]["time_s"]}
@@ -335,18 +319,18 @@ class _Run:
     def _check_same_on_every_rank(self, graph) -> None:
         """Under torch.distributed: the ranks must agree on the model and the settings that
         decide when they meet in a collective, or the first one would hang."""
-        settings = (repr(self.target), repr(self.schedule), self.flops_reg, str(self.criterion), self.has_ckpt_dir,
-                    self.val_loader is None and self.evaluate is None, len(graph.groups))
+        tr = self.training
+        settings = (repr(self.target), repr(self.schedule), self.ranking["flops_reg"], str(self.ranking["criterion"]),
+                    tr.checkpoint_dir is not None, tr.val_loader is None and tr.evaluate is None, len(graph.groups))
         distributed.check_same("model architecture", distributed.architecture(self.model))
         distributed.check_same("pruning settings", settings)
 
     def _settings(self) -> dict[str, Any]:
         """What decides the run, as the checkpoint records it: a resume must pass the same."""
-        crit = self.criterion if isinstance(self.criterion, str) else getattr(self.criterion, "__name__", type(self.criterion).__name__)
-        out = {**{f"target_{k}" if k != "tolerance" else k: v for k, v in dataclasses.asdict(self.target).items()},
-               **dataclasses.asdict(self.schedule), "flops_reg": float(self.flops_reg), "normalize": self.normalize,
-               "criterion": crit, "seed": self.seed}
-        if self.target.resource == "latency":
+        out = {f"target_{self.target.resource}": self.target.fraction, "tolerance": self.target.tolerance,
+               **dataclasses.asdict(self.schedule), "flops_reg": float(self.ranking["flops_reg"]),
+               "normalize": self.ranking["normalize"], "criterion": self._criterion_name(), "seed": self.training.seed}
+        if RESOURCES[self.target.resource].per_deployment:
             out["deployment"] = self.deployment.as_dict()
         return out
 
@@ -407,8 +391,9 @@ class _Run:
     # -- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> tuple[bool, str]:
-        p, s, what = self.pruner, self.schedule, self.target.resource
-        unit = "% FLOPs" if what == "flops" else "% latency"
+        p, s, r = self.pruner, self.schedule, self.pruner.resource
+        what = r.label
+        unit = f"% {what}"
         bar = tqdm(total=round(100 * (1 - self.target.fraction), 1), desc="pruning", unit=unit,
                    disable=not self.progress, bar_format="{l_bar}{bar}| {n:.1f}/{total} {unit} [{elapsed}{postfix}]")
         bar.n = min(round(100 * (1 - p.ratio), 1), bar.total)
@@ -425,14 +410,14 @@ class _Run:
                 self.removed += gone
                 self.train_model = distributed.wrap(self.model, self.ddp_kwargs, self.train_model)  # new parameter shapes
                 if not gone:
-                    if what == "latency":
+                    if r.measured:
                         # the rejected trials re-measured the model: the record shows the
                         # measurement the verdict below rests on, not the previous step's
                         self.history.append(self._record(step, 0, loss, None, rejected=p.rejected - rejected))
                     if p.done:
                         return True, "target reached"
-                    if what == "flops":
-                        band = self.imp.total_flops() <= self.target.flops * self.before["flops"] * (1 + self.target.tolerance)
+                    if not r.measured:  # counted: within the tolerance of the target is reached
+                        band = r.reached(p.ratio, self.target.fraction, self.target.tolerance)
                         return band, "target reached" if band else "nothing left to prune"
                     why = "no cut measured faster than the model before it" if p.rejected > rejected else "nothing left to prune"
                     return False, why
@@ -449,8 +434,8 @@ class _Run:
                 self._checkpoint()
                 bar.n = min(round(100 * (1 - p.ratio), 1), bar.total)
                 bar.set_postfix_str(f"step {step}, {what} {p.ratio:.1%}" + (f", acc {acc:.2%}" if acc is not None else ""))
-                if self.on_step is not None:
-                    self.on_step(rec)
+                if self.training.on_step is not None:
+                    self.training.on_step(rec)
         finally:
             bar.close()
 
@@ -469,10 +454,10 @@ class _Run:
                     batch = self.batches.next()
                 except Exception as e:  # a corrupt file mid-epoch, a loader that ran dry: one line, and where to resume
                     raise FxTaylorError(f"the training loader failed at {at}: {describe(e)} ({self._where()})") from e
-                if self.train_step is not None:
-                    loss = self.train_step(self.train_model, batch)
+                if self.training.train_step is not None:
+                    loss = self.training.train_step(self.train_model, batch)
                     value = float(loss.detach().item() if isinstance(loss, torch.Tensor) else loss)
-                elif self.batch_loss is not None:
+                elif self.training.batch_loss is not None:
                     loss, value = self._batch_loss(batch, at)
                 else:
                     loss, value = self._default_update(batch, at)
@@ -481,7 +466,7 @@ class _Run:
                     value = math.nan if distributed.all_reduce_(bad, "max").item() else value
                 if not math.isfinite(value):
                     raise FxTaylorError(f"the loss became {value} at {at}; stopped ({self._where()})")
-                if self.train_step is None:
+                if self.training.train_step is None:
                     try:
                         self.opt.zero_grad(set_to_none=True)
                         loss.backward()
@@ -504,7 +489,7 @@ class _Run:
             except FxTaylorError as e:
                 raise FxTaylorError(f"{e} ({self._where()})") from None
         try:
-            loss = _with_aux(self.loss_fn, self.train_model(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True))
+            loss = with_aux(self.loss_fn, self.train_model(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True))
             return loss, loss.detach().item()
         except FxTaylorError:
             raise
@@ -515,7 +500,7 @@ class _Run:
         """``batch_loss(model, batch)``: the family's own loss (a detection model's loss dict
         summed, a segmentation model's ``out`` + aux, RAFT's sequence loss); the update is ours."""
         try:
-            loss = self.batch_loss(self.train_model, batch)
+            loss = self.training.batch_loss(self.train_model, batch)
         except FxTaylorError:
             raise
         except Exception as e:
@@ -533,18 +518,19 @@ class _Run:
 
     @property
     def device(self) -> torch.device:
-        return measure.device_of(self.model)
+        return device_of(self.model)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _evaluate(self) -> float | None:
         """Accuracy; under torch.distributed, rank 0's (one rank decides the accuracy floor)."""
         acc = None
-        if self.evaluate is not None:
-            acc = float(self.evaluate(self.model))
-        elif self.val_loader is not None:
+        tr = self.training
+        if tr.evaluate is not None:
+            acc = float(tr.evaluate(self.model))
+        elif tr.val_loader is not None:
             try:
-                acc = measure.accuracy(self.model, self.val_loader)
+                acc = measure.accuracy(self.model, tr.val_loader)
             except Exception as e:  # a corrupt validation image mid-run: one line, and where to resume
                 raise FxTaylorError(f"evaluating on val_loader failed: {describe(e)} ({self._where()})") from e
         return distributed.broadcast(acc)
@@ -554,14 +540,18 @@ class _Run:
             "step": step, "flops": self._flops(), "params": measure.params(self.model), "accuracy": acc,
             "loss": loss, "removed": removed, "time_s": round(time.perf_counter() - self.t0, 3),
         }
-        if self.target.resource == "latency" and self.pruner.model is self.model:
-            rec["latency_ratio"] = self.pruner.ratio  # measured against the dense model, side by side
-            rec["rejected"] = rejected
+        r = self.pruner.resource
+        if self.pruner.model is self.model:
+            rec[f"{r.name}_ratio"] = self.pruner.ratio  # counted, or measured against the dense model side by side
+            if r.measured:
+                rec["rejected"] = rejected
+            else:
+                rec.setdefault(r.key, self.pruner.now)
         return rec
 
     def arch(self) -> dict:
         return {
-            "kind": "pruned", "base": self.user_arch or {"kind": "custom"}, "input_shape": models.shapes(self.example),
+            "kind": "pruned", "base": self.training.arch or {"kind": "custom"}, "input_shape": models.shapes(self.example),
             "trace": self.trace_kwargs, "removed_units": list(self.removed),
         }
 
@@ -592,36 +582,52 @@ class _Run:
         last = self.history[-1]
         last_acc = last["accuracy"] if last["accuracy"] is not None and not last.get("reverted") else self._evaluate()
         after = {"flops": self._flops(), "params": measure.params(self.model), "accuracy": last_acc}
+        r = self.pruner.resource
+        if not r.measured:
+            after.setdefault(r.key, self._count())
         speedup = None
         if self.original is not None:
             speedup = self._latency(after)
-        if reached and self.target.resource == "flops":
-            tf, tol, ratio = self.target.flops, self.target.tolerance, after["flops"] / self.before["flops"]
-            reached = abs(ratio - tf) <= tol * tf
+        t, tol = self.target.fraction, self.target.tolerance
+        if reached and not r.measured:
+            ratio = after[r.key] / self.before[r.key]
+            reached = r.reached(ratio, t, tol)
             if not reached:  # the reason must say so: a report never reads "target reached" and not reached
-                reason = f"stopped at {ratio:.2%} of the FLOPs, outside the target {tf:.0%} ± {tol:.0%} (target not reached)"
+                reason = f"stopped at {ratio:.2%} of the {r.label}, outside the target {t:.0%} ± {tol:.0%} (target not reached)"
         layers_after = measure.out_channels(self.model)
         self.timings["total_s"] = time.perf_counter() - self.t0
         s = self.schedule
         config = {
-            "target": self.target.resource, "target_flops": self.target.flops, "target_latency": self.target.latency,
-            "tolerance": self.target.tolerance, "flops_reg": self.flops_reg, "normalize": self.normalize,
+            "target": self.target.resource, **{f"target_{name}": None for name in RESOURCES},
+            f"target_{self.target.resource}": t, "tolerance": tol,
+            "flops_reg": self.ranking["flops_reg"], "normalize": self.ranking["normalize"],
             "updates_between_prunes": s.updates_between_prunes, "flops_per_prune": s.per_prune, "round_to": s.round_to,
             "selection": self.pruner.selection, "eval_every": s.eval_every, "final_updates": s.final_updates,
-            "min_accuracy": s.min_accuracy, "seed": self.seed, "maps_per_prune": self.pruner.k,
-            "criterion": self.criterion if isinstance(self.criterion, str) else getattr(self.criterion, "__name__", type(self.criterion).__name__),
+            "min_accuracy": s.min_accuracy, "seed": self.training.seed, "maps_per_prune": self.pruner.k,
+            "criterion": self._criterion_name(),
             "model": models.base_name(self.arch()), "optimizer": type(self.opt).__name__ if self.opt is not None else None,
             "input_shape": models.shapes(self.example), "deployment": self.deployment.as_dict(), "cost_model": self.pruner.cost.describe(),
             "rejected_cuts": self.pruner.rejected,
             "reachable": self.pruner.reachable,  # predicted share of the resource channel pruning can remove
         }
         return PruneResult(
-            model=self.model, arch=self.arch(), target_flops=self.target.flops, reached=reached, stop_reason=reason,
+            model=self.model, arch=self.arch(), target=self.target, reached=reached, stop_reason=reason,
             before=self.before, after=after, speedup=speedup, history=self.history,
             layers=[{"name": n, "before": c, "after": layers_after.get(n, 0)} for n, c in self.layers_before.items()],
             config=config, environment=measure.environment(self.device), timings=self.timings,
-            target_latency=self.target.latency,
         )
+
+    def _criterion_name(self) -> str:
+        c = self.ranking["criterion"]
+        return c if isinstance(c, str) else getattr(c, "__name__", type(c).__name__)
+
+    def _count(self) -> float:
+        """The counted target resource of the model now; after an accuracy-floor revert the
+        pruner's graph belongs to the discarded model, so the kept one is traced and counted."""
+        if self.pruner.model is self.model:
+            return self.pruner.cost.sync(self.imp.graph, self.example).total()
+        fresh = RESOURCES[self.target.resource].for_run(self.deployment, progress=False)
+        return fresh.sync(trace(self.model, self.example, **self.trace_kwargs), self.example).total()
 
     def _latency(self, after: dict) -> float | None:
         """Dense and pruned latency as deployed, side by side, with their spread; a warning
@@ -632,13 +638,10 @@ class _Run:
         ratio, margin = compare(ref, now)
         speedup = 1 / ratio  # per-round ratios: robust to load that changes during the measurement
         after["latency_ratio"], after["latency_ratio_noise"] = ratio, margin
-        if ratio >= 1 - margin:
-            verdict = "not faster than" if ratio >= 1 else "not measurably faster than"
-            warnings.warn(
-                f"the pruned model is {verdict} the dense one on {self.deployment.device} "
-                f"(batch {self.deployment.batch_size}, {self.deployment.dtype}): {ref.median_ms:.3g} ms → {now.median_ms:.3g} ms, "
-                f"speed-up {speedup:.2f}× ± {margin:.2f}. FLOPs are not time here: prune with target_latency "
-                f"(--target-latency) for this deployment (docs/latency.md)", RuntimeWarning, stacklevel=3)
+        said = not_faster(ratio, margin, self.deployment.describe())
+        if said is not None:
+            warnings.warn(f"{said} ({ref.median_ms:.3g} ms → {now.median_ms:.3g} ms, speed-up {speedup:.2f}× ± {margin:.2f})",
+                          RuntimeWarning, stacklevel=3)
         return speedup
 
     def _flops(self) -> int:

@@ -8,13 +8,9 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
+from ..devices import device_of
 from ..graph import ops
 from ..modes import in_eval
-
-
-def device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def params(model: nn.Module) -> int:

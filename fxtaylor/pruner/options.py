@@ -8,9 +8,32 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..cost import RESOURCES
 from ..errors import FxTaylorError
+from ..importance import (
+    ActivationMeanImportance, ActivationStdImportance, RandomImportance, TaylorImportance, WeightImportance,
+)
+from ..importance.base import check_flops_reg, check_normalize
 
 SELECTIONS = ("rank", "knapsack")
+CRITERIA = {
+    "taylor": TaylorImportance, "weight": WeightImportance, "activation_mean": ActivationMeanImportance,
+    "activation_std": ActivationStdImportance, "random": RandomImportance,
+}
+"""The criteria a name selects: the paper's and the baselines it is compared with."""
+
+
+def check_ranking(criterion: Any, normalize: Any, flops_reg: Any) -> None:
+    """How maps are ranked — ``criterion`` (a name of :data:`CRITERIA` or a factory),
+    ``normalize``, ``flops_reg`` (λ) — checked once for :class:`~fxtaylor.Pruner`,
+    :func:`fxtaylor.prune` and the command alike."""
+    if isinstance(criterion, str):
+        if criterion not in CRITERIA:
+            raise FxTaylorError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)} or pass a GraphImportance factory")
+    elif not callable(criterion):
+        raise FxTaylorError(f"criterion must be a name or a GraphImportance factory, got {type(criterion).__name__}")
+    check_normalize(normalize)
+    check_flops_reg(flops_reg)
 
 
 def _fraction(name: str, v: Any, of: str = "") -> None:
@@ -27,33 +50,26 @@ def _count(name: str, v: Any, least: int, none_ok: bool = False) -> None:
 
 @dataclass(frozen=True)
 class Target:
-    """What the run must reach: exactly one of ``flops`` (fraction of the dense model's FLOPs,
-    counted by fvcore) or ``latency`` (fraction of its latency, *measured* as deployed).
+    """What the run must reach: ``fraction`` of the dense model's ``resource``, one of
+    :data:`fxtaylor.cost.RESOURCES` — ``"flops"`` (counted by fvcore), ``"latency"``
+    (*measured* as deployed), ``"params"`` (bytes of the saved state dict), ``"memory"`` (peak
+    activation memory at the deployment's batch size) — e.g. ``Target("latency", 0.6)``.
 
-    A FLOPs run ends with FLOPs in ``[flops·(1 − tolerance), flops]`` × the dense count; a
-    latency run ends once the measured latency is at most ``latency·(1 + tolerance)`` × the
-    dense model's, measured side by side in the same run.
+    A counted resource (FLOPs, bytes, memory) ends in ``[fraction·(1 − tolerance), fraction]``
+    × the dense count; a measured one (latency) once it is at most ``fraction·(1 +
+    tolerance)`` × the dense model's, measured side by side in the same run.
     """
 
-    flops: float | None = None
-    latency: float | None = None
+    resource: str
+    fraction: float
     tolerance: float = 0.01
 
     def __post_init__(self) -> None:
-        if (self.flops is None) == (self.latency is None):
-            raise FxTaylorError("give exactly one target: target_flops or target_latency (a fraction in (0, 1))")
-        _fraction("target_flops", self.flops, "the original FLOPs")
-        _fraction("target_latency", self.latency, "the dense model's measured latency")
-        if not (isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 1):
+        if self.resource not in RESOURCES:
+            raise FxTaylorError(f"unknown resource {self.resource!r}: choose one of {', '.join(RESOURCES)}")
+        _fraction(f"target_{self.resource}", self.fraction, RESOURCES[self.resource].of)
+        if isinstance(self.tolerance, bool) or not (isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 1):
             raise FxTaylorError(f"tolerance must be in [0, 1), got {self.tolerance!r}")
-
-    @property
-    def resource(self) -> str:
-        return "flops" if self.flops is not None else "latency"
-
-    @property
-    def fraction(self) -> float:
-        return self.flops if self.flops is not None else self.latency
 
 
 @dataclass(frozen=True)
@@ -95,31 +111,48 @@ class Schedule:
             raise FxTaylorError(f"min_accuracy is a fraction in [0, 1], got {self.min_accuracy!r}")
 
     def selection_for(self, target: Target) -> str:
-        """The order in force: the one given, else the paper's rank — on digits at equal measured
-        latency the knapsack order kept 36.0 % accuracy after pruning against rank's 86.9 %, and
-        97.0 % after recovery against 97.4 % (benchmarks/latency_quality.py, 3 seeds)."""
-        return self.selection or "rank"
+        """The order in force: the one given, else the resource's — the paper's rank for FLOPs,
+        latency and bytes (on digits at equal measured latency the knapsack order kept 36.0 %
+        accuracy after pruning against rank's 86.9 %, and 97.0 % after recovery against 97.4 %:
+        benchmarks/latency_quality.py, 3 seeds), the knapsack for peak memory, which a few
+        tensors hold (docs/memory.md)."""
+        return self.selection or RESOURCES[target.resource].selection
 
 
-ALIASES = {"flops_per_prune": "per_prune", "latency_per_prune": "per_prune"}
+def aliases() -> dict[str, str]:
+    """``flops_per_prune``, ``latency_per_prune``, ...: ``Schedule.per_prune`` by resource."""
+    return {f"{name}_per_prune": "per_prune" for name in RESOURCES}
+
+
+def target_names() -> list[str]:
+    """``target_flops``, ``target_latency``, ...: one keyword per registered resource."""
+    return [f"target_{name}" for name in RESOURCES]
 
 
 def split_options(target: Target | None, schedule: Schedule | None, flat: dict[str, Any]) -> tuple[Target, Schedule]:
     """``prune(..., target_flops=0.5, updates_between_prunes=10)`` as the dataclasses: flat
-    keywords fill the fields of the same name (``target_*`` and ``tolerance`` the target's)."""
-    t_fields = {"target_flops": "flops", "target_latency": "latency", "tolerance": "tolerance"}
-    s_fields = {f.name for f in dataclasses.fields(Schedule)}
-    t_kw, s_kw = {}, {}
+    keywords fill the fields of the same name (``target_<resource>`` and ``tolerance`` the
+    target's)."""
+    s_fields, alias = {f.name for f in dataclasses.fields(Schedule)}, aliases()
+    given, tolerance, s_kw = {}, None, {}
     for k, v in flat.items():
-        if k in t_fields:
+        if k in target_names():
             if v is not None:
-                t_kw[t_fields[k]] = v
-        elif ALIASES.get(k, k) in s_fields:
-            s_kw[ALIASES.get(k, k)] = v
+                given[k[len("target_"):]] = v
+        elif k == "tolerance":
+            tolerance = v
+        elif alias.get(k, k) in s_fields:
+            s_kw[alias.get(k, k)] = v
         else:
             raise FxTaylorError(f"unknown option {k!r}")
-    if target is not None and (t_kw.keys() - {"tolerance"}):
-        raise FxTaylorError("give the target once: target=Target(...) or target_flops/target_latency")
-    target = dataclasses.replace(target, **t_kw) if target is not None else Target(**t_kw)
+    if target is not None and given:
+        raise FxTaylorError(f"give the target once: target=Target(...) or one of {'/'.join(target_names())}")
+    if target is None and len(given) != 1:
+        raise FxTaylorError(f"give exactly one target: {', '.join(target_names())} (a fraction in (0, 1))"
+                            + (f"; got {', '.join('target_' + k for k in given)}" if given else ""))
+    if target is not None and not isinstance(target, Target):
+        raise FxTaylorError(f"target must be a fxtaylor.Target, got {type(target).__name__}")
+    extra = {} if tolerance is None else {"tolerance": tolerance}
+    target = dataclasses.replace(target, **extra) if target is not None else Target(*next(iter(given.items())), **extra)
     schedule = dataclasses.replace(schedule or Schedule(), **s_kw)
     return target, schedule

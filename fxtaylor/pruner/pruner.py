@@ -11,11 +11,13 @@
 
 A step ranks every prunable map (the criterion observed since the last step), picks chunks
 with :func:`fxtaylor.pruner.select.select` until the resource is *predicted* to fall by the
-step's share, and removes them through the channel graph (the optimizer's state follows). For a
-latency target the cut is first made on a copy and measured against the model as it is, side by
-side: a cut that made the model slower (beyond the measurement's noise) is never applied — its
-groups are set aside for this step and the next candidates are tried. ``done`` is decided by
-measurement, not by prediction.
+step's share, and removes them through the channel graph (the optimizer's state follows). The
+target's resource (:data:`fxtaylor.cost.RESOURCES`) says how a cut is checked: a counted one
+(FLOPs, bytes, peak memory) is counted again after the cut, and the step re-selects while it
+stopped short; for a measured one (latency) the cut is first made on a copy and measured
+against the model as it is, side by side: a cut that made the model slower (beyond the
+measurement's noise) is never applied — its groups are set aside for this step and the next
+candidates are tried. ``done`` is decided by the count or the measurement, never by prediction.
 """
 from __future__ import annotations
 
@@ -29,26 +31,20 @@ import torch
 import torch.nn as nn
 
 from .. import distributed, optim
-from ..cost import CostModel, FlopsCost, LatencyCost
+from ..cost import RESOURCES, CostModel
+from ..cost.latency_cost import ROUNDS
 from ..errors import FxTaylorError
 from ..graph import ChannelGraph, selection, trace
 from ..graph.channel_graph import as_selection
-from ..importance import (
-    ActivationMeanImportance, ActivationStdImportance, RandomImportance, TaylorImportance, WeightImportance,
-)
-from ..importance.base import GraphImportance
+from ..importance import GraphImportance, TaylorImportance
+from ..importance.base import DEFAULT_COST
 from . import inputs
-from .options import Schedule, Target, split_options
+from .options import CRITERIA, Schedule, Target, check_ranking, split_options
 from .select import Cut, cut, minimum, predict_after, select
 
-CRITERIA = {
-    "taylor": TaylorImportance, "weight": WeightImportance, "activation_mean": ActivationMeanImportance,
-    "activation_std": ActivationStdImportance, "random": RandomImportance,
-}
 MAPS_FRACTION = 0.01  # default maps per prune: 1 % of the prunable maps (see docs/usage.md)
-ATTEMPTS = 5  # cuts measured per latency step before it gives up: sizes ×1, ×1 elsewhere, ×2, ×4, ×8
-MEASURE_S = 0.4  # seconds of timing per model per check
-ROUNDS = 7  # interleaved rounds per check: the ratio's noise comes from their spread
+REPORT_S = 0.5  # seconds of timing per model for the before/after latency a run reports
+ATTEMPTS = 5  # cuts measured per step of a measured resource before it gives up: sizes ×1, ×1 elsewhere, ×2, ×4, ×8
 
 
 def _check(model: Any, *, deployment: Any, cost: Any, optimizer: Any, graph: Any, reference: Any, measure_fn: Any,
@@ -62,7 +58,8 @@ def _check(model: Any, *, deployment: Any, cost: Any, optimizer: Any, graph: Any
     if deployment is not None and not isinstance(deployment, Deployment):
         raise FxTaylorError(f"deployment must be a fxtaylor.Deployment, got {type(deployment).__name__}")
     if cost is not None and not isinstance(cost, CostModel):
-        raise FxTaylorError(f"cost must be a cost model (fxtaylor.cost.FlopsCost, LatencyCost), got {type(cost).__name__}")
+        raise FxTaylorError(f"cost must be a cost model (a fxtaylor.cost.CostModel: {', '.join(c.__name__ for c in RESOURCES.values())}), "
+                            f"got {type(cost).__name__}")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise FxTaylorError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if graph is not None and not (isinstance(graph, ChannelGraph) and graph.model is model):
@@ -87,9 +84,9 @@ class Pruner:
     a latency target, and for the before/after latency every run reports. ``measure_fn(models)
     -> [Timing]`` replaces the real measurement (tests inject one to drive the control logic).
     ``reference``: the dense model latency is measured against (default: a copy taken now).
-    ``cost``: the resource model to predict with (default: :class:`FlopsCost` or a
-    :class:`LatencyCost` for ``deployment``, its tables built or read from the cache) — e.g. a
-    ``LatencyCost(table=LatencyModel.load(...))`` measured on another machine.
+    ``cost``: the model that predicts the target's resource (default: the resource's own,
+    ``RESOURCES[name].for_run(deployment)`` — for latency its tables built or read from the
+    cache) — e.g. a ``LatencyCost(table=LatencyModel.load(...))`` measured on another machine.
     """
 
     def __init__(
@@ -121,14 +118,9 @@ class Pruner:
         _check(model, deployment=deployment, cost=cost, optimizer=optimizer, graph=graph, reference=reference,
                measure_fn=measure_fn, loss_reduction=loss_reduction, state=state)
         self.target, self.schedule = split_options(target, schedule, options)
-        if isinstance(criterion, str) and criterion not in CRITERIA:
-            raise FxTaylorError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)} or pass a GraphImportance factory")
-        if not callable(criterion) and not isinstance(criterion, str):
-            raise FxTaylorError(f"criterion must be a name or a GraphImportance factory, got {type(criterion).__name__}")
-        if isinstance(flops_reg, bool) or not (isinstance(flops_reg, (int, float)) and flops_reg >= 0):
-            raise FxTaylorError(f"flops_reg (λ) must be >= 0, got {flops_reg!r}")
-        if isinstance(cost, LatencyCost) and not cost.measured_here:
-            self.deployment = cost.deployment  # measured elsewhere: not resolvable here
+        check_ranking(criterion, normalize, flops_reg)
+        if cost is not None and cost.measured_elsewhere is not None:
+            self.deployment = cost.measured_elsewhere  # not resolvable here
         else:
             self.deployment = (deployment or Deployment()).resolved(model)  # bad dtype/device: fails before anything
         self.trace_kwargs = {"ignored_layers": as_selection(ignored_layers, "ignored_layers"),
@@ -147,30 +139,30 @@ class Pruner:
         if graph is None:
             graph = trace(model, example_args, **self.trace_kwargs)
         self._x = example_args  # measure() times a lone tensor at the deployment's batch size
-        self._measure = measure_fn or self._measure_real
         self.progress = progress
-        if cost is not None and cost.name != self.target.resource:
+        # the target's resource says how a cut is checked and when it is done; the cost model
+        # predicts it (a user's own model of the same resource, or the resource's default)
+        self.resource = kind = RESOURCES[self.target.resource]
+        if cost is not None and cost.name != kind.name:
             raise FxTaylorError(f"a {cost.name} cost model cannot reach a {self.target.resource} target")
-        if cost is not None:
-            self.cost: CostModel = cost
-        elif self.target.resource == "latency":
-            self.cost = LatencyCost(self.deployment, progress=progress)
-        else:
-            self.cost = FlopsCost()
-        if isinstance(self.cost, LatencyCost) and not self.cost.measured_here and measure_fn is None:
-            self.cost.sync(graph, example_args)
-            self._measure = self.cost.predicted  # the deployment's device is elsewhere: trust its tables
+        self.cost: CostModel = cost if cost is not None else kind.for_run(self.deployment, progress=progress)
+        if self.cost.measured_elsewhere is not None:
+            self.cost.sync(graph, example_args)  # its tables stand in for the device: they know this model's layers
+        # how a cut of a measured resource is checked: injected (tests drive the control logic),
+        # else the resource's own side-by-side measurement
+        self._check = measure_fn or self.cost.measure
+        self._measure = measure_fn  # the before/after latency every run reports (None: measured for real)
         factory = CRITERIA[criterion] if isinstance(criterion, str) else criterion
         kwargs = {"normalize": normalize, "flops_reg": flops_reg, "graph": graph}
         if _accepts(factory, "cost"):  # factories written before cost models existed still work (FLOPs)
             kwargs["cost"] = self.cost
-        elif self.target.resource != "flops" and flops_reg:
-            raise FxTaylorError("this criterion factory takes no cost= argument, so λ cannot regularise by latency")
+        elif kind is not DEFAULT_COST and flops_reg:  # the criterion would regularise by its default, FLOPs
+            raise FxTaylorError(f"this criterion factory takes no cost= argument, so λ cannot regularise by {kind.label}")
         if factory is TaylorImportance:
             kwargs["loss_reduction"] = loss_reduction
         self.imp: GraphImportance = factory(model, example_args, **kwargs)
-        if cost is None and self.target.resource == "flops" and isinstance(getattr(self.imp, "cost", None), FlopsCost):
-            self.cost = self.imp.cost  # a factory that keeps its own FLOPs model: one count, the one it ranks by
+        if cost is None and isinstance(getattr(self.imp, "cost", None), kind):
+            self.cost = self.imp.cost  # a factory that keeps its own model of this resource: one count, the one it ranks by
         self.selection = self.schedule.selection_for(self.target)
         self.reference = reference
         self.rejected = 0  # cuts measured slower and not applied, over the run
@@ -194,26 +186,27 @@ class Pruner:
                                 "normaliser's statistics (layer norm or softmax over channels, weight standardisation); "
                                 "every prunable channel already prunes exactly, so drop the option")
         self.k = self.schedule.maps_per_prune or max(1, math.ceil(MAPS_FRACTION * sum(g.num_prunable for g in groups)))
-        self.flops0 = self.imp.total_flops()
-        if self.target.resource == "latency":
+        self.flops0 = self.imp.total_flops()  # every run reports FLOPs, whatever it spends
+        cost = self.cost.sync(graph, self.example)
+        if self.resource.measured:
             if self.reference is None:
                 self.reference = copy.deepcopy(self.model)
-            self.cost.sync(graph, self.example)
-            self.dense = self._measure([self.reference])[0].median_ms
-            self.now = self.dense  # measured latency of the model as it is
-            self.predicted0 = self.cost.total()
+            self.dense = self._check([self.reference])[0].median_ms
+            self.predicted0 = cost.total()
         else:
-            self.dense = self.now = float(self.flops0)
-        least = minimum(self.imp)
-        base = self.cost.total()
+            self.dense = float(cost.total())
+        self.now = self.dense  # the resource of the model as it is: counted, or measured side by side
+        least = minimum(self.imp, cost)
+        base = cost.total()
         self.reachable = 1 - least / base if base > 0 else 0.0  # the most of the resource pruning can remove
         if least > self.target.fraction * base:
-            what = "FLOPs" if self.target.resource == "flops" else "predicted latency"
+            r = self.resource
+            what = f"predicted {r.label}" if r.measured else r.label
+            where = ["frozen groups", "layers that are not pruned", *([r.unremovable] if r.unremovable else [])]
+            rest = ", ".join(where[:-1]) + (", or " if len(where) > 2 else " or ") + where[-1]
             raise FxTaylorError(
                 f"target_{self.target.resource}={self.target.fraction} cannot be reached: pruning every prunable channel "
-                f"leaves {least / base:.2%} of the {what} (the rest is in frozen groups, layers that are not pruned"
-                + (", or per-call overhead channel pruning cannot remove)" if self.target.resource == "latency" else ")")
-            )
+                f"leaves {least / base:.2%} of the {what} (the rest is in {rest})")
 
     def state_dict(self) -> dict:
         """What resuming needs besides the model and the criterion."""
@@ -223,10 +216,9 @@ class Pruner:
     def load_state_dict(self, s: dict) -> None:
         self.k, self.flops0, self.dense, self.now, self.rejected = s["k"], s["flops0"], s["dense"], s["now"], s["rejected"]
         self.predicted0, self.reachable = s.get("predicted0"), s.get("reachable")
-        if self.target.resource == "latency":
-            if self.reference is None:
-                raise FxTaylorError("resuming a latency-targeted run needs the dense model as reference=")
-            self.cost.sync(self.imp.graph, self.example)
+        if self.resource.measured and self.reference is None:
+            raise FxTaylorError(f"resuming a run that measures {self.resource.label} needs the dense model as reference=")
+        self.cost.sync(self.imp.graph, self.example)
 
     # -- what the user's loop asks -----------------------------------------------------------
 
@@ -240,50 +232,50 @@ class Pruner:
 
     @property
     def ratio(self) -> float:
-        """The resource now ÷ the dense model's: FLOPs counted, latency measured."""
-        if self.target.resource == "flops":
-            return self.imp.total_flops() / self.flops0
+        """The resource now ÷ the dense model's: counted (FLOPs, bytes), or measured side by
+        side (latency)."""
+        if not self.resource.measured:
+            self.now = float(self.cost.sync(self.imp.graph, self.example).total())
         return self.now / self.dense
 
     @property
     def done(self) -> bool:
-        t = self.target
-        if t.resource == "flops":
-            return self.imp.total_flops() <= t.flops * self.flops0
-        return self.now <= t.latency * (1 + t.tolerance) * self.dense
+        return self.resource.done(self.ratio, self.target.fraction, self.target.tolerance)
 
     def step(self) -> list[int]:
         """One pruning step; returns the removed units (global ids; empty: nothing could go).
         Under torch.distributed a collective call: every rank, same point in its loop."""
         self.imp.all_reduce()  # every rank ranks the union of the examples
-        gone = self._step_flops() if self.target.resource == "flops" else self._step_latency()
+        gone = self._step_measured() if self.resource.measured else self._step_counted()
         self.imp.reset()
         # identical scores and a deterministic ranking make this hold; checked, never assumed
         distributed.check_same("channels removed", gone)
         return gone
 
-    # -- FLOPs -------------------------------------------------------------------------------
+    # -- a counted resource (FLOPs, bytes): cut, count again ---------------------------------
 
-    def _step_flops(self) -> list[int]:
+    def _step_counted(self) -> list[int]:
         t, s = self.target, self.schedule
-        goal = t.flops * self.flops0
+        goal = t.fraction * self.dense
         if s.per_prune:
-            step_goal, k = max(goal, self.imp.total_flops() - s.per_prune * self.flops0), None
+            now = self.cost.sync(self.imp.graph, self.example).total()
+            step_goal, k = max(goal, now - s.per_prune * self.dense), None
         else:
             step_goal, k = goal, self.k
-        gone = cut(self.imp, step_goal, k, t.tolerance, self.optimizer, s.round_to, self.imp.flops, self.selection)
-        self.now = float(self.imp.total_flops())
+        gone = cut(self.imp, step_goal, k, t.tolerance, self.optimizer, s.round_to, self.cost, self.selection)
+        self.now = float(self.cost.sync(self.imp.graph, self.example).total())
         return gone
 
-    # -- latency -----------------------------------------------------------------------------
+    # -- a measured resource (latency): try on a copy, measure side by side -------------------
 
-    def _step_latency(self) -> list[int]:
-        """Predict, try on a copy, measure, apply only what did not slow the model down."""
+    def _step_measured(self) -> list[int]:
+        """Predict, try on a copy, measure, apply only what did not make the model worse.
+        (Written in milliseconds, the one measured resource so far; nothing here depends on it.)"""
         t, s = self.target, self.schedule
         cost = self.cost.sync(self.imp.graph, self.example)
         predicted_now = cost.total()
         scale = self.now / predicted_now if predicted_now > 0 else 1.0  # the model's bias, as measured now
-        goal_ms = t.latency * self.dense
+        goal_ms = t.fraction * self.dense
         step_ms = max(goal_ms, self.now - s.per_prune * self.dense) if s.per_prune else goal_ms
         k = None if s.per_prune else self.k
         banned: set[int] = set()
@@ -298,7 +290,7 @@ class Pruner:
                 continue
             trial = copy.deepcopy(self.imp.graph)  # the copy carries its own model
             trial.prune_many([(trial.groups[c.group.index], c.channels) for c in cuts])
-            ref_t, now_t, trial_t = self._measure([self.reference, self.model, trial.model])
+            ref_t, now_t, trial_t = self._check([self.reference, self.model, trial.model])
             # ratios within each interleaved round: a machine that gets busier moves all three alike
             now_ms = compare(ref_t, now_t)[0] * self.dense
             trial_ms = compare(ref_t, trial_t)[0] * self.dense
@@ -347,17 +339,17 @@ class Pruner:
             cuts = select(imp, 1, goal, -math.inf, r, self.cost, self.selection, ex, coarsen)
         return cuts
 
-    def _measure_real(self, models: Sequence[nn.Module], min_run_time: float = MEASURE_S) -> list:
+    def measure(self, models: Sequence[nn.Module]) -> list:
+        """Latency of ``models`` as this pruner judges it — every run reports it, whatever its
+        target: measured on the deployment side by side (longer than a step's check), injected
+        (``measure_fn``), or predicted from latency tables measured elsewhere."""
+        if self._measure is not None:
+            return self._measure(models)
+        if self.cost.measured_elsewhere is not None:
+            return self.cost.measure(models)
         from ..latency import measure
 
-        return measure(list(models), self._x, self.deployment, min_run_time=min_run_time, rounds=ROUNDS)
-
-    def measure(self, models: Sequence[nn.Module]) -> list:
-        """Latency of ``models`` as this pruner judges it: measured on the deployment (longer
-        than a step's check), injected, or predicted from tables measured elsewhere."""
-        if self._measure == self._measure_real:
-            return self._measure_real(models, min_run_time=0.5)
-        return self._measure(models)
+        return measure(list(models), self._x, self.deployment, min_run_time=REPORT_S, rounds=ROUNDS)
 
 
 def _accepts(fn: Callable, name: str) -> bool:

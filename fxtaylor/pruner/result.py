@@ -1,6 +1,7 @@
 """What a pruning run returns: the model, where it started and ended, and every step between."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -8,20 +9,24 @@ from typing import Any
 import torch.nn as nn
 
 from .. import saving
+from ..cost import RESOURCES
+from ..version import __version__
+from .options import Target
 
 
 @dataclass
 class PruneResult:
     """``model`` is the pruned model (the one passed in, pruned in place, unless an accuracy
     floor stopped the run: then the last model that met it). ``arch`` is its arch record
-    (:mod:`fxtaylor.models`); ``before``/``after`` hold flops, params, accuracy (None without
-    validation data), latency_ms and latency_iqr_ms (measured side by side as deployed);
-    ``history`` one record per pruning step. ``target_flops`` or ``target_latency`` is the
-    target (the other None)."""
+    (:mod:`fxtaylor.models`); ``target`` the :class:`~fxtaylor.Target` (``result.target_flops``,
+    ``result.target_latency``, ...: its fraction for its resource, None for the others);
+    ``before``/``after`` hold flops, params, accuracy (None without validation data),
+    latency_ms and latency_iqr_ms (measured side by side as deployed), and the target
+    resource's own field (e.g. ``peak_memory_bytes``); ``history`` one record per pruning step."""
 
     model: nn.Module
     arch: dict
-    target_flops: float | None
+    target: Target
     reached: bool
     stop_reason: str
     before: dict[str, Any]
@@ -32,7 +37,12 @@ class PruneResult:
     config: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    target_latency: float | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # target_<resource>: the target's fraction for its own resource, None for every other one
+        if name.startswith("target_") and name[len("target_"):] in RESOURCES:
+            return self.target.fraction if name == f"target_{self.target.resource}" else None
+        raise AttributeError(name)
 
     @property
     def flops_ratio(self) -> float:
@@ -44,11 +54,11 @@ class PruneResult:
 
     def report(self, model_file: str | None = None) -> dict[str, Any]:
         """The run as the JSON-able dict :mod:`fxtaylor.report` writes and plots."""
-        from .. import __version__
-
         return {
             "fxtaylor": __version__, "config": self.config, "environment": self.environment,
-            "target_flops": self.target_flops, "target_latency": self.target_latency, "reached": self.reached, "stop_reason": self.stop_reason,
+            "target": dataclasses.asdict(self.target),
+            **{f"target_{name}": getattr(self, f"target_{name}") for name in RESOURCES},
+            "reached": self.reached, "stop_reason": self.stop_reason,
             "before": self.before, "after": self.after, "speedup": self.speedup, "history": self.history,
             "layers": self.layers, "model_file": model_file, "timings": self.timings,
         }
