@@ -583,8 +583,8 @@ class Run:
         last_acc = last["accuracy"] if last["accuracy"] is not None and not last.get("reverted") else self._evaluate()
         after = {"flops": self._flops(), "params": measure.params(self.model), "accuracy": last_acc}
         r = self.pruner.resource
-        if not r.measured:
-            after.setdefault(r.key, self._count())
+        if not r.measured and r.key not in after:  # FLOPs: counted above already
+            after[r.key] = self._count()
         speedup = None
         if self.original is not None:
             speedup = self._latency(after)
