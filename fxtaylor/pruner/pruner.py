@@ -155,7 +155,9 @@ class Pruner:
         factory = CRITERIA[criterion] if isinstance(criterion, str) else criterion
         kwargs = {"normalize": normalize, "flops_reg": flops_reg, "graph": graph}
         if _accepts(factory, "cost"):  # factories written before cost models existed still work (FLOPs)
-            kwargs["cost"] = self.cost
+            # the criterion's default is its own FLOPs count, which every run reports: handing it
+            # a second FLOPs model would count every architecture twice
+            kwargs["cost"] = None if (cost is None and kind is DEFAULT_COST) else self.cost
         elif kind is not DEFAULT_COST and flops_reg:  # the criterion would regularise by its default, FLOPs
             raise FxTaylorError(f"this criterion factory takes no cost= argument, so λ cannot regularise by {kind.label}")
         if factory is TaylorImportance:
