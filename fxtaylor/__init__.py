@@ -20,6 +20,7 @@ with warnings.catch_warnings():
     from .latency import Deployment
     from .pruner import PruneResult, Pruner, Schedule, Target, prune
     from .saving import load, save
+    from .exporting import Exported, export
 
     from .version import __version__
 
@@ -28,5 +29,5 @@ __all__ = [
     "TaylorImportance", "WeightImportance", "spearman", "CostModel", "RESOURCES",
     "ArgumentError", "ChannelGraph", "ChannelGroup", "FeatureMap", "FxTaylorError", "Member", "PruneError",
     "TraceError", "WriteError", "trace", "Deployment", "PruneResult", "Pruner", "Schedule", "Target", "prune",
-    "load", "save", "__version__",
+    "load", "save", "export", "Exported", "__version__",
 ]

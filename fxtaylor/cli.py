@@ -4,6 +4,7 @@
 ``fxtaylor prune --data DIR ...``  prune your model on your ImageFolder data
 ``fxtaylor inspect --model NAME``  channel groups, per-channel FLOPs, what is prunable and why not
 ``fxtaylor report RUN_DIR``        the summary table of a finished run, plots redrawn if missing
+``fxtaylor export RUN_DIR``        the pruned model of a run as ONNX (or torch.export), checked against PyTorch
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     # by the same validators fxtaylor.prune uses (_settings_ok)
     from .cost import RESOURCES
     from .latency import Deployment
+    from .latency.runtimes import RUNTIMES as RUNTIMES_
     from .pruner import DEFAULT_FLOPS_REG
     from .pruner.options import CRITERIA, SELECTIONS, Schedule, Target, check_flops_reg
 
@@ -102,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-dtype", default="float32", help="float32, float16 or bfloat16 [float32]")
     p.add_argument("--latency-format", help="channels_last or contiguous [per device, docs/latency.md]")
     p.add_argument("--latency-threads", type=deployed("threads"), help="CPU threads while timing [torch's default]")
+    p.add_argument("--latency-runtime", type=_checked(str, lambda v: Deployment(runtime=v)), default="eager",
+                   help=f"what runs the model where it is deployed, and so times it: {', '.join(RUNTIMES_)} [eager]; "
+                        "docs/latency.md#runtimes")
     p.add_argument("--latency-table", metavar="DIR",
                    help="latency tables measured on another machine (its <cache>/latency/<deployment key> folder): "
                         "--target-latency is then reached by their prediction, nothing is timed here")
@@ -148,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     p.add_argument("run_dir", help="the run directory (holds report.json)")
     p.set_defaults(func=lambda a: _report().command(a.run_dir))
+
+    from .exporting import FORMATS
+
+    p = parser.commands["export"] = sub.add_parser(
+        "export", help="write a finished run's pruned model as ONNX or torch.export, checked against PyTorch")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
+    p.add_argument("run_dir", help="the run directory (holds report.json and model.pt)")
+    p.add_argument("--format", choices=list(FORMATS), default="onnx", help="[onnx]")
+    p.add_argument("--output", metavar="PATH", help="the file to write [RUN_DIR/model.onnx, or model.pt2 for torch.export]")
+    p.add_argument("--no-dynamic-batch", dest="dynamic_batch", action="store_false",
+                   help="export the batch size of the run's input as fixed (default: any batch size)")
+    p.set_defaults(func=export)
     return parser
 
 
@@ -155,6 +172,27 @@ def _report():
     from . import report
 
     return report
+
+
+def export(args: argparse.Namespace) -> int:
+    """``fxtaylor export RUN_DIR``: the run's model.pt, loaded by :func:`fxtaylor.load`, exported
+    at the run's input shape (batch 1) and checked; one line says what was written."""
+    from . import saving
+    from .exporting import FORMATS, check_path, example_of, export as run_export
+
+    run_dir = Path(args.run_dir)
+    report = _report().read(run_dir)  # a missing or foreign directory fails here, one line
+    model_file = run_dir / str(report.get("model_file") or "model.pt")
+    if not model_file.is_file():
+        raise FxTaylorError(f"{run_dir} holds no pruned model ({model_file.name} not found): did the run finish?")
+    out = check_path(args.output or run_dir / f"model{FORMATS[args.format]}", args.format)  # before the model loads
+    model, arch = saving.load_with_arch(model_file)
+    config = report.get("config") if isinstance(report.get("config"), dict) else {}
+    example = example_of(config.get("input_shape") or arch.get("input_shape"), model)
+    done = run_export(model, example, out, args.format, dynamic_batch=args.dynamic_batch)
+    print(f"fxtaylor: wrote {done.path} ({done.format}, dynamic batch {'yes' if done.dynamic_batch else 'no'}, "
+          f"max error {done.max_error:.2e} ≤ {done.allowed:.2e} allowed, {done.seconds:.1f} s)")
+    return 0
 
 
 def prune(args: argparse.Namespace) -> int:
@@ -281,7 +319,7 @@ def _deployment(args: argparse.Namespace):
     from .latency import Deployment
 
     dep = Deployment(device=args.latency_device or args.device, batch_size=args.latency_batch, dtype=args.latency_dtype,
-                     memory_format=args.latency_format, threads=args.latency_threads)
+                     memory_format=args.latency_format, threads=args.latency_threads, runtime=args.latency_runtime)
     return dep.resolved(torch.nn.Linear(1, 1))  # the device is named: the module only stands in
 
 

@@ -267,7 +267,7 @@ def summary_table(report: dict) -> str:
                      f"the rest is {r.unremovable + ' and ' if r.unremovable else ''}layers no channel cut narrows)")
     slower, noise = _known(after.get("latency_ratio")), _known(after.get("latency_ratio_noise")) or 0.0
     slower = slower if slower is not None else (1 / speedup if speedup else None)  # pruned ÷ dense latency
-    said = not_faster(slower, noise)
+    said = not_faster(slower, noise, measured=r is not None and r.measured)
     if said is not None:
         lines.append(f"WARNING: {said}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIB = "fxtaylor"
 LAYERS = ("graph", "cost", "importance", "latency")
 LEAVES = ("errors", "files", "modes", "examples", "flops", "cache", "version", "datasets", "distributed", "optim",
-          "saving", "models", "devices", "memory")
+          "saving", "models", "devices", "memory", "exporting", "optional", "to_onnx")
 FRONT = ("pruner", "job", "cli", "report")
 
 

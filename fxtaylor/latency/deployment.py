@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ..devices import device_of
 from ..errors import FxTaylorError
+from .runtimes import RUNTIMES, runtime_of
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -39,8 +40,11 @@ class Deployment:
     parameters. ``batch_size``: images per forward pass. ``dtype``: ``"float32"``,
     ``"float16"`` or ``"bfloat16"`` (the model and input are cast to it for timing).
     ``memory_format``: ``"channels_last"`` or ``"contiguous"`` (4-D tensors); None: the device's
-    default (:data:`DEFAULT_MEMORY_FORMAT`). ``threads``: CPU threads while timing; None:
-    ``torch.get_num_threads()``.
+    default (:data:`DEFAULT_MEMORY_FORMAT`; contiguous in a runtime without channels_last).
+    ``threads``: CPU threads while timing; None: ``torch.get_num_threads()``. ``runtime``: what
+    runs the model there — ``"eager"`` (PyTorch), ``"onnxruntime"`` (the exported ONNX file in
+    ONNX Runtime), ``"torch.compile"`` or ``"tensorrt"`` (:mod:`.runtimes`; every latency is
+    timed in it).
 
     Construction checks what can be checked without a model (names, batch size, threads);
     :meth:`resolved` checks the device and that it can run the dtype.
@@ -51,8 +55,11 @@ class Deployment:
     dtype: str = "float32"
     memory_format: str | None = None
     threads: int | None = None
+    runtime: str = "eager"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.runtime, str) or self.runtime not in RUNTIMES:
+            raise FxTaylorError(f"latency runtime {self.runtime!r} is unknown: use one of {', '.join(RUNTIMES)}")
         if self.device is not None:
             if not isinstance(self.device, (str, torch.device)):
                 raise FxTaylorError(f"latency device must be a name such as 'cpu' or 'cuda:0', got {type(self.device).__name__} "
@@ -82,10 +89,19 @@ class Deployment:
         memory format, torch's thread count. Raises FxTaylorError for a device that does not
         exist here or a dtype it cannot run (tried with a tiny conv, once per process)."""
         device = _check_device(self.device if self.device is not None else str(device_of(model)))
+        runtime = runtime_of(self.runtime)
+        runtime.check(device, self.memory_format)  # its package, its devices, a format it has
         fmt = self.memory_format or DEFAULT_MEMORY_FORMAT.get(torch.device(device).type, "contiguous")
+        fmt = fmt if fmt in runtime.formats else "contiguous"
         threads = self.threads if self.threads is not None else torch.get_num_threads()
-        check_runs(device, self.dtype, fmt)
+        check_runs(device, self.dtype, fmt, self.runtime)
         return dataclasses.replace(self, device=device, memory_format=fmt, threads=threads)
+
+    def for_tables(self) -> "Deployment":
+        """The deployment the per-layer latency tables are timed in: this one, but in the
+        runtime's table runtime where it has one (torch.compile's tables are eager:
+        :mod:`.runtimes`)."""
+        return dataclasses.replace(self, runtime=runtime_of(self.runtime).tables or self.runtime)
 
     @property
     def torch_device(self) -> torch.device:
@@ -107,6 +123,7 @@ class Deployment:
         d = dataclasses.asdict(self)
         d["device_name"] = device_name(self.device) if self.device is not None else None
         d["torch"] = torch.__version__
+        d["runtime_version"] = runtime_of(self.runtime).version()
         return d
 
     def describe(self) -> str:
@@ -126,6 +143,8 @@ class Deployment:
             dev.replace(":", ""), device_name(self.device) if self.device else "auto", f"torch{torch.__version__}",
             f"b{self.batch_size}", self.dtype, self.memory_format or "auto", f"t{self.threads or 'auto'}",
         ]
+        if self.runtime != "eager":  # eager keys stay what they were: caches measured before runtimes stay valid
+            parts.append(f"{self.runtime}{runtime_of(self.runtime).version()}")
         return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts))
 
 
@@ -149,17 +168,24 @@ def _check_device(device: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def check_runs(device: str, dtype: str, memory_format: str) -> None:
-    """Run a tiny conv in ``dtype``/``memory_format`` on ``device``: kernels missing for a dtype
-    (float16 convolution on some CPU builds) fail here, once, not in the middle of a build."""
+def check_runs(device: str, dtype: str, memory_format: str, runtime: str = "eager") -> None:
+    """Run a tiny conv in ``dtype``/``memory_format`` on ``device`` in ``runtime``: kernels
+    missing for a dtype (float16 convolution on some CPU builds, in ONNX Runtime's CPU provider)
+    fail here, once, not in the middle of a build."""
     try:
-        with torch.inference_mode():
-            conv = nn.Conv2d(4, 4, 3, padding=1).to(device, DTYPES[dtype], memory_format=MEMORY_FORMATS[memory_format])
-            x = torch.randn(1, 4, 8, 8, device=device, dtype=DTYPES[dtype]).to(memory_format=MEMORY_FORMATS[memory_format])
-            conv(x).sum().item()
-    except (RuntimeError, NotImplementedError) as e:
+        conv = nn.Conv2d(4, 4, 3, padding=1).eval().requires_grad_(False)
+        conv = conv.to(device, DTYPES[dtype], memory_format=MEMORY_FORMATS[memory_format])
+        x = torch.randn(1, 4, 8, 8, device=device, dtype=DTYPES[dtype]).to(memory_format=MEMORY_FORMATS[memory_format])
+        rt = runtime_of(runtime)
+        fake = Deployment(device=device, dtype=dtype, memory_format=memory_format, threads=1, runtime=runtime)
+        with rt.timing(1):
+            run = rt.runner(conv, (x,), fake)
+            with torch.inference_mode():
+                run()
+    except Exception as e:  # a missing kernel: RuntimeError, NotImplementedError, a runtime's own classes
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FxTaylorError(f"latency dtype {dtype} cannot run on {device} ({memory_format}): {first}") from None
+        where = f"{device} ({memory_format})" + ("" if runtime == Deployment.runtime else f" in {runtime}")
+        raise FxTaylorError(f"latency dtype {dtype} cannot run on {where}: {first}") from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -186,17 +212,20 @@ def describe(d: dict) -> str:
         parts.append(str(d["memory_format"]))
     if d.get("threads") and str(d.get("device")).startswith("cpu"):
         parts.append(f"{d['threads']} thread{'s' if d['threads'] != 1 else ''}")
+    parts.append(runtime_words(d))
     return ", ".join(parts)
+
+
+def runtime_words(d: dict) -> str:
+    """The runtime of a recorded deployment in words (a report from before runtimes: eager)."""
+    name = d.get("runtime") or "eager"
+    label = RUNTIMES[name].label if name in RUNTIMES else name
+    return f"{label} {d['runtime_version']}" if d.get("runtime_version") and name != "eager" else label
 
 
 def how_to_run(d: dict) -> str:
     """How to run a model as the deployment ``d`` measured it: a latency holds only for the
-    layout, dtype and threads it was measured with (a channels_last measurement says little
-    about the contiguous layout a model gets by default)."""
-    steps = [f"model.to({d.get('device')!r}, dtype=torch.{d.get('dtype')}).eval()"]
-    if d.get("memory_format") == "channels_last":
-        steps.append("model.to(memory_format=torch.channels_last) and each input x.to(memory_format=torch.channels_last)")
-    if d.get("threads") and str(d.get("device")).startswith("cpu"):
-        steps.append(f"torch.set_num_threads({d['threads']})")
-    steps.append(f"batches of {d.get('batch_size')}")
-    return "; ".join(steps)
+    runtime, layout, dtype and threads it was measured with (a channels_last measurement says
+    little about the contiguous layout a model gets by default). The runtime's row words it."""
+    name = d.get("runtime") or "eager"
+    return "; ".join(RUNTIMES[name if name in RUNTIMES else "eager"].how_to_run(d))

@@ -185,7 +185,9 @@ class LatencyModel:
                 _write(root / "tables" / f"{key}.json", {"format": FORMAT_TABLE, "version": VERSION, **tables[key].as_dict()})
                 bar.update(len(tables[key].ins) * max(len(tables[key].outs), 1))
             bar.set_description("latency: dense model")
-            dense, ref = timing.time_calls([(prepared, x), _reference(dep)], dep, min_run_time=DENSE_S, rounds=DENSE_ROUNDS)
+            # the dense model in the deployment's runtime, the reference in the tables' (they are rescaled by it)
+            dense, ref = timing.time_calls([(prepared, x), _reference(dep)], dep, min_run_time=DENSE_S, rounds=DENSE_ROUNDS,
+                                           runtimes=[dep.runtime, dep.for_tables().runtime])
             bar.update()
             alignments = _sweeps(specs, tables, dep, bar)
         saved = {
@@ -232,6 +234,7 @@ class LatencyModel:
             if lost:
                 raise FxTaylorError(f"{root}: {len(lost)} latency table(s) of this model are missing or unreadable (tables/{lost[0]}.json)")
             fields = {k: d[k] for k in ("device", "batch_size", "dtype", "memory_format", "threads")}
+            fields["runtime"] = d.get("runtime", "eager")  # tables saved before runtimes were eager
             return cls._assemble(specs, tables, saved, Deployment(**fields), skipped, 0.0, f)
         raise FxTaylorError(f"{root} holds no latency model of this architecture and input size: build it on the "
                             "deployment's machine (fxtaylor prune --target-latency ... there, or LatencyModel.build) "
@@ -274,7 +277,7 @@ def _measure_table(spec: layers_mod.LayerSpec, dep: Deployment) -> LayerTable:
         m, shape = spec.build(cin, cout)
         calls.append((_ready(m, dep), _input(shape, dep)))
     calls.append(_reference(dep))
-    *got, ref = timing.time_calls(calls, dep, min_run_time=POINT_S, rounds=POINT_ROUNDS)
+    *got, ref = timing.time_calls(calls, dep.for_tables(), min_run_time=POINT_S, rounds=POINT_ROUNDS)
     width = max(len(outs), 1)
     ms = [[got[r * width + c].median_ms for c in range(width)] for r in range(len(ins))]
     spread = statistics.median(timing.noise(t) for t in got)
@@ -318,7 +321,7 @@ def _sweeps(specs, tables, dep: Deployment, bar) -> dict[str, dict]:
             calls.append((_ready(m, dep), _input(shape, dep)))
         passes = []
         for _ in range(2):
-            got = timing.time_calls(calls, dep, min_run_time=POINT_S, rounds=POINT_ROUNDS)
+            got = timing.time_calls(calls, dep.for_tables(), min_run_time=POINT_S, rounds=POINT_ROUNDS)
             bar.update(len(counts))
             ms = [t.median_ms for t in got]
             sigma = statistics.median(t.iqr_ms for t in got) / 1.349

@@ -15,9 +15,11 @@ timer's microsecond overhead is already below 1 %.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -29,6 +31,7 @@ from torch.utils import benchmark
 from .. import examples
 from ..errors import FxTaylorError, describe
 from .deployment import Deployment
+from .runtimes import runtime_of
 
 BLOCK_S = 0.005  # shortest block worth timing: the timer's ~µs overhead stays below 1 %
 WARMUP = 2  # untimed runs first: oneDNN/cuDNN pick and cache their kernels on the first call
@@ -47,6 +50,7 @@ class Timing:
     iqr_ms: float
     runs: int
     rounds_ms: tuple[float, ...] = ()  # median of each interleaved round: round i of every model ran side by side
+    setup_s: float = 0.0  # building the runner and its first (untimed) call: an export and session, a compile
 
     def as_dict(self) -> dict:
         return {"median_ms": self.median_ms, "iqr_ms": self.iqr_ms, "runs": self.runs}
@@ -89,6 +93,27 @@ def measure(
     copies = [prepare(m, dep) for m in models]
     x = batch_like(example_for(copies, example_input, dep), dep)
     return time_calls([(m, x) for m in copies], dep, min_run_time=min_run_time, rounds=rounds)
+
+
+def check_runtime(model: nn.Module, example: Any, deployment: Deployment) -> None:
+    """Run ``model`` once in the deployment's runtime (a copy: the model is untouched), so that a
+    model the runtime cannot take — an op the ONNX exporter lacks, a graph torch.compile
+    rejects — fails before a run starts rather than at its first measurement. The runner is
+    kept where the runtime caches them (ONNX Runtime's sessions): the run's first measurement
+    of the dense model reuses it."""
+    dep = deployment.resolved(model)
+    copies = [prepare(model, dep)]
+    x = batch_like(example_for(copies, example, dep), dep)
+    rt = runtime_of(dep.runtime)
+    try:
+        with rt.timing(1):
+            run = rt.runner(copies[0], tuple(x) if isinstance(x, _Args) else (x,), dep)
+            with torch.inference_mode():
+                run()
+    except FxTaylorError as e:
+        raise FxTaylorError(f"the model cannot be timed in {rt.label}: {e}") from None
+    except Exception as e:
+        raise FxTaylorError(f"the model cannot be timed in {rt.label}: {describe(e)}") from e
 
 
 def check_models(models: Any) -> list[nn.Module]:
@@ -201,40 +226,54 @@ def time_calls(
     *,
     min_run_time: float,
     rounds: int,
+    runtimes: Sequence[str] | None = None,
 ) -> list[Timing]:
     """Time ``module(input)`` for each (module, input), modules already prepared (eval, device,
-    dtype, format). Runs ≈ ``min_run_time`` seconds per call in total, in ``rounds`` rounds that
-    visit every call in turn; each round times whole blocks of ≥ ``BLOCK_S`` (or one run)."""
+    dtype, format), in the deployment's runtime (:mod:`.runtimes`; ``runtimes``: one runtime
+    name per call instead). Runs ≈ ``min_run_time`` seconds per call in total, in ``rounds``
+    rounds that visit every call in turn; each round times whole blocks of ≥ ``BLOCK_S`` (or
+    one run). Each runner's build and first call (an export, a compile) is untimed and
+    recorded as :attr:`Timing.setup_s`."""
     global CALLS
     CALLS += 1
     rounds = max(1, int(rounds))
     per_round = max(min_run_time, 0.0) / rounds
-    timers = [
-        benchmark.Timer("m(*x)" if isinstance(x, _Args) else "m(x)", globals={"m": m, "x": x},
-                        num_threads=dep.threads or torch.get_num_threads())
-        for m, x in calls
-    ]
+    names = list(runtimes) if runtimes is not None else [dep.runtime] * len(calls)
     blocks: list[list[float]] = [[] for _ in calls]  # seconds per run, one entry per block
     round_medians: list[list[float]] = [[] for _ in calls]
     runs = [0] * len(calls)
-    with torch.inference_mode():
-        plan = []
-        for t in timers:
-            t.timeit(WARMUP)  # untimed
-            est = max(t.timeit(1).median, 1e-7)
-            number = max(1, int(BLOCK_S / est))
-            n_blocks = max(1, round(per_round / (number * est)))
-            plan.append((number, n_blocks))
-        for _ in range(rounds):
-            for i, t in enumerate(timers):
-                number, n_blocks = plan[i]
-                this_round = [t.timeit(number).median for _ in range(n_blocks)]
-                blocks[i].extend(this_round)
-                round_medians[i].append(statistics.median(this_round))
-                runs[i] += number * n_blocks
+    setup = [0.0] * len(calls)
+    with contextlib.ExitStack() as stack:
+        for name in dict.fromkeys(names):
+            stack.enter_context(runtime_of(name).timing(names.count(name)))
+        timers = []
+        for i, ((m, x), name) in enumerate(zip(calls, names)):
+            t0 = time.perf_counter()
+            run = runtime_of(name).runner(m, tuple(x) if isinstance(x, _Args) else (x,), dep)
+            with torch.inference_mode():
+                run()  # untimed: the runtime's build (a compile) happens on the first call
+            if dep.torch_device.type == "cuda":
+                torch.cuda.synchronize(dep.torch_device)
+            setup[i] = time.perf_counter() - t0
+            timers.append(benchmark.Timer("run()", globals={"run": run}, num_threads=dep.threads or torch.get_num_threads()))
+        with torch.inference_mode():
+            plan = []
+            for t in timers:
+                t.timeit(WARMUP)  # untimed
+                est = max(t.timeit(1).median, 1e-7)
+                number = max(1, int(BLOCK_S / est))
+                n_blocks = max(1, round(per_round / (number * est)))
+                plan.append((number, n_blocks))
+            for _ in range(rounds):
+                for i, t in enumerate(timers):
+                    number, n_blocks = plan[i]
+                    this_round = [t.timeit(number).median for _ in range(n_blocks)]
+                    blocks[i].extend(this_round)
+                    round_medians[i].append(statistics.median(this_round))
+                    runs[i] += number * n_blocks
     out = []
-    for b, r, n in zip(blocks, round_medians, runs):
+    for b, r, n, s in zip(blocks, round_medians, runs, setup):
         q = statistics.quantiles(b, n=4, method="inclusive") if len(b) >= 2 else [b[0], b[0], b[0]]
         out.append(Timing(median_ms=statistics.median(r) * 1e3, iqr_ms=(q[2] - q[0]) * 1e3, runs=n,
-                          rounds_ms=tuple(v * 1e3 for v in r)))
+                          rounds_ms=tuple(v * 1e3 for v in r), setup_s=s))
     return out

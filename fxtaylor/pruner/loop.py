@@ -28,6 +28,7 @@ from .. import distributed, files, flops, models, optim, saving
 from ..devices import device_of
 from ..cost import RESOURCES
 from ..errors import FxTaylorError, describe
+from ..latency.timing import check_runtime
 from ..latency.verdict import not_faster
 from ..graph import trace
 from ..importance.base import GraphImportance
@@ -185,6 +186,9 @@ def prune(
                         progress=progress and distributed.is_main(),  # one set of bars, not one per rank
                         on_step=on_step, on_start=on_start)
     example, classes = _agree(lambda: _first_batch(model, train_loader, val_loader, loss_fn, training.custom, example_inputs))
+    if measure_fn is None and elsewhere is None and (measure_latency or RESOURCES[target.resource].measured):
+        # the runtime takes this model (an export, a compile) before anything is pruned or written
+        _agree(lambda: check_runtime(model, example, deployment))
     ranking = {"criterion": criterion, "normalize": normalize, "flops_reg": flops_reg}
     trace_kwargs = {"ignored_layers": inputs.names(model, ignored_layers, False),
                     "leaf_modules": inputs.names(model, leaf_modules, True), "exact": exact}
@@ -638,7 +642,7 @@ class Run:
         ratio, margin = compare(ref, now)
         speedup = 1 / ratio  # per-round ratios: robust to load that changes during the measurement
         after["latency_ratio"], after["latency_ratio_noise"] = ratio, margin
-        said = not_faster(ratio, margin, self.deployment.describe())
+        said = not_faster(ratio, margin, self.deployment.describe(), measured=RESOURCES[self.target.resource].measured)
         if said is not None:
             warnings.warn(f"{said} ({ref.median_ms:.3g} ms → {now.median_ms:.3g} ms, speed-up {speedup:.2f}× ± {margin:.2f})",
                           RuntimeWarning, stacklevel=3)

@@ -52,6 +52,18 @@ class PruneResult:
         """The pruned model as arch record + state dict; read it back with ``fxtaylor.load``."""
         saving.save(self.model, path, self.arch, flops=self.after["flops"], accuracy=self.after.get("accuracy"))
 
+    def export(self, path: str | os.PathLike, format: str = "onnx", *, example_inputs: Any = None,
+               dynamic_batch: bool = True, rtol: float | None = None) -> Any:
+        """The pruned model written as ONNX or torch.export and checked (:func:`fxtaylor.export`;
+        returns its :class:`~fxtaylor.exporting.Exported`). ``example_inputs``: by default random
+        values of the run's recorded input shape (``config["input_shape"]``; a single input at
+        batch 1) on the model's device and dtype."""
+        from ..exporting import example_of, export
+
+        if example_inputs is None:
+            example_inputs = example_of(self.config.get("input_shape"), self.model)
+        return export(self.model, example_inputs, path, format, dynamic_batch=dynamic_batch, rtol=rtol)
+
     def report(self, model_file: str | None = None) -> dict[str, Any]:
         """The run as the JSON-able dict :mod:`fxtaylor.report` writes and plots."""
         return {
