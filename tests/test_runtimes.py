@@ -18,7 +18,7 @@ import fxtaylor
 from fxtaylor.errors import FxTaylorError
 from fxtaylor.latency import Deployment, LatencyModel, measure
 from fxtaylor.latency import deployment as deployment_mod
-from fxtaylor.latency.runtimes import RUNTIMES, runtime_of
+from fxtaylor.latency.runtimes import RUNTIMES, runtime_of, vector_floats
 
 ORT = Deployment(device="cpu", threads=1, runtime="onnxruntime")
 
@@ -148,6 +148,11 @@ def test_latency_target_measured_and_reported_in_onnxruntime(tmp_path, monkeypat
     assert ort.exports > built + 1  # every cut checked was exported and run in ORT
     ratios = [h["latency_ratio"] for h in res.history if "latency_ratio" in h]
     assert len(ratios) >= 2 and res.after["latency_ratio"] < 1.0
+    # ONNX Runtime's CPU convs work in blocks of one vector register: widths stay multiples of it
+    block = runtime_of("onnxruntime").multiple("cpu")
+    assert block == vector_floats() and block in (4, 8, 16) and runtime_of("eager").multiple("cpu") == 1
+    widths = [m.out_channels for m in res.model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths != [64, 64] and all(w % block == 0 for w in widths), widths
 
 
 # -- torch.compile --------------------------------------------------------------------------

@@ -84,7 +84,12 @@ class LatencyCost(CostModel):
         return self.table.remainder_ms
 
     def alignment(self, group_layers: Iterable[str]) -> int:
-        return max([self.table.alignment(n) for n in group_layers if n in self._known] or [1])
+        """The measured multiple of the group's layers, at least the multiple the deployment's
+        runtime needs (ONNX Runtime's channel blocks: :meth:`Runtime.multiple`)."""
+        from ..latency.runtimes import runtime_of
+
+        floor = runtime_of(self.deployment.runtime).multiple(self.deployment.device or "cpu")
+        return max([self.table.alignment(n) for n in group_layers if n in self._known] + [floor])
 
     def measure(self, models: Sequence[nn.Module], *, min_run_time: float | None = None) -> list:
         """``models`` timed side by side on the deployment, in interleaved rounds — or, for a
