@@ -38,7 +38,6 @@ import torch_pruning as tp
 import torchvision
 
 import fxtaylor
-import fxtaylor.optim
 from fxtaylor.pruner import select as select_module
 from fxtaylor.pruner.pruner import MAPS_FRACTION
 from fxtaylor.pruner.select import cut
@@ -150,7 +149,7 @@ class StepSplit:
         stack = ExitStack()
         stack.enter_context(mock.patch.object(select_module, "select", self._timed(select_module.select, "rank_select_s")))
         stack.enter_context(mock.patch.object(
-            fxtaylor.optim, "prune_keeping_state", self._timed(fxtaylor.optim.prune_keeping_state, "surgery_s")))
+            fxtaylor.ChannelGraph, "prune_many", self._timed(fxtaylor.ChannelGraph.prune_many, "surgery_s")))
         return stack
 
     def step(self, imp, k):

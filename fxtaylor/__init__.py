@@ -12,7 +12,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
     from .cost import RESOURCES, CostModel
     from .errors import ArgumentError, FxTaylorError, PruneError, TraceError, WriteError
-    from .graph import ChannelGraph, ChannelGroup, FeatureMap, Member, trace
+    from .graph import ChannelGraph, ChannelGroup, FeatureMap, Member, StaleOptimizerWarning, arch_of, trace
     from .importance import (
         GraphImportance, ActivationMeanImportance, ActivationStdImportance, OracleImportance, RandomImportance, TaylorImportance,
         WeightImportance, spearman,
@@ -29,5 +29,5 @@ __all__ = [
     "TaylorImportance", "WeightImportance", "spearman", "CostModel", "RESOURCES",
     "ArgumentError", "ChannelGraph", "ChannelGroup", "FeatureMap", "FxTaylorError", "Member", "PruneError",
     "TraceError", "WriteError", "trace", "Deployment", "PruneResult", "Pruner", "Schedule", "Target", "prune",
-    "load", "save", "export", "Exported", "__version__",
+    "load", "save", "export", "Exported", "StaleOptimizerWarning", "arch_of", "__version__",
 ]

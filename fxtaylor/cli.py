@@ -1,8 +1,12 @@
 """The ``fxtaylor`` command.
 
 ``fxtaylor prune``                 prune the embedded default (ResNet-18 on bundled digits) to 50 % FLOPs
-``fxtaylor prune --data DIR ...``  prune your model on your ImageFolder data
+``fxtaylor prune --data DIR ...``  prune your classification model on your ImageFolder data
 ``fxtaylor inspect --model NAME``  channel groups, per-channel FLOPs, what is prunable and why not
+
+The command prunes classification models (torchvision or timm names): its data is an
+ImageFolder, its loss cross-entropy. Detection, segmentation, video and optical-flow models
+prune from Python: fxtaylor.prune(model, loader, batch_loss=fn) (docs/usage.md).
 ``fxtaylor report RUN_DIR``        the summary table of a finished run, plots redrawn if missing
 ``fxtaylor export RUN_DIR``        the pruned model of a run as ONNX (or torch.export), checked against PyTorch
 """
@@ -32,6 +36,14 @@ NOT_SETTINGS = ("func", "resume", "out", "progress", "debug", "given", "argv")  
 RUN_META = ("argv", "timings", "resumes")  # what args.json holds besides the settings
 DEBUG_ENV = "FXTAYLOR_DEBUG"
 DEFAULT_TARGET = ("flops", 0.5)  # the target when none is given: the paper's resource, half of it
+# The command is classification only: its data path is an ImageFolder and its loss cross-entropy;
+# the other families need their own loss (batch_loss=), which only the Python API takes.
+MODEL_HELP = ("torchvision or timm classification model name (detection, segmentation, video and optical-flow "
+              "models prune from Python: docs/usage.md)")
+FAMILIES_HELP = ("Classification models only (torchvision or timm names; the data is an ImageFolder, the loss "
+                 "cross-entropy). Detection, segmentation, video and optical-flow models prune from Python with "
+                 "fxtaylor.prune(model, loader, batch_loss=fn): docs/usage.md, \"Detection, segmentation, video and "
+                 "optical flow\".")
 
 
 def _checked(parse, check):
@@ -92,9 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.commands = {}  # name -> sub-parser, for _given()
 
     p = parser.commands["prune"] = sub.add_parser(
-        "prune", help=f"prune a model to a target ({', '.join(RESOURCES)}; no arguments: the offline default)")
+        "prune", help=f"prune a classification model to a target ({', '.join(RESOURCES)}; no arguments: the offline default)",
+        description=FAMILIES_HELP)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
-    p.add_argument("--model", default="resnet18", help="torchvision (or timm) classification model name [resnet18]")
+    p.add_argument("--model", default="resnet18", help=f"{MODEL_HELP} [resnet18]")
     p.add_argument("--weights", help="torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), a state dict file, or a model saved by fxtaylor")
     p.add_argument("--data", help="ImageFolder directory with train/<class>/ and val/<class>/ [bundled digits]")
     for name, resource in RESOURCES.items():  # one target: --target-flops 0.5 unless another is given
@@ -114,9 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank: lowest score first (paper); knapsack: lowest importance per resource saved [rank]")
     p.add_argument("--flops-reg", type=_checked(float, check_flops_reg), default=DEFAULT_FLOPS_REG,
                    help=f"λ, the weight of the target resource's cost in each score [{DEFAULT_FLOPS_REG}]")
-    p.add_argument("--updates-between-prunes", type=schedule("updates_between_prunes"), help="minibatch updates observed per pruning step [30; 10 on digits]")
+    quick = Schedule.quick()
+    p.add_argument("--quick", action="store_true",
+                   help=f"a fast first look (Schedule.quick()): fewer, larger steps — {quick.per_prune * 100:g} %% of the target resource "
+                        f"per step after {quick.updates_between_prunes} updates, then {quick.final_updates} fine-tuning updates — at some "
+                        "cost in accuracy; schedule flags given win")
+    p.add_argument("--updates-between-prunes", type=schedule("updates_between_prunes"),
+                   help=f"minibatch updates observed per pruning step [30; 10 on digits; {quick.updates_between_prunes} with --quick]")
     p.add_argument("--maps-per-prune", type=schedule("maps_per_prune"), help="maps removed per step [1 %% of the prunable maps]")
-    p.add_argument("--flops-per-prune", type=schedule("per_prune", float), help="instead: remove this fraction of the dense model's target resource per step")
+    p.add_argument("--flops-per-prune", type=schedule("per_prune", float),
+                   help=f"instead: remove this fraction of the dense model's target resource per step [{quick.per_prune:g} with --quick]")
     p.add_argument("--round-to", type=schedule("round_to"),
                    help="keep channel counts multiples of this [1 for FLOPs; for latency, the multiple the measured tables prefer]")
     p.add_argument("--inexact", dest="exact", action="store_false",
@@ -127,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32, help="[32, as the paper]")
     p.add_argument("--finetune-epochs", type=_count, help="epochs of fine-tuning before pruning [0; 8 on digits, cached]")
     p.add_argument("--finetune-lr", type=_non_negative, default=0.05, help="peak one-cycle learning rate of that fine-tuning [0.05]")
-    p.add_argument("--final-updates", type=schedule("final_updates"), default=0, help="fine-tuning updates after the last pruning step [0]")
+    p.add_argument("--final-updates", type=schedule("final_updates"),
+                   help=f"fine-tuning updates after the last pruning step [0; {quick.final_updates} with --quick]")
     p.add_argument("--min-accuracy", type=schedule("min_accuracy", float), help="stop before validation accuracy falls below this fraction")
     p.add_argument("--input-size", type=_positive_int, help="image side [32 on digits, 224 otherwise]")
     p.add_argument("--workers", type=_count, help="data-loading processes for --data [min(4, cores)]")
@@ -139,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=prune)
 
-    p = parser.commands["inspect"] = sub.add_parser("inspect", help="show the channel groups of a model")
+    p = parser.commands["inspect"] = sub.add_parser("inspect", help="show the channel groups of a classification model",
+                                                    description=FAMILIES_HELP)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
-    p.add_argument("--model", default="resnet18", help="torchvision (or timm) classification model name")
+    p.add_argument("--model", default="resnet18", help=f"{MODEL_HELP} [resnet18]")
     p.add_argument("--input-size", type=_positive_int, default=224, help="side of the example image")
     p.add_argument("--inexact", dest="exact", action="store_false",
                    help="show the groups as `prune --inexact` prunes them (normalisers' channels too)")
@@ -234,8 +256,6 @@ def _prune(args: argparse.Namespace) -> int:
     if not _targets(args):  # (a resume has its run's target by now)
         setattr(args, f"target_{DEFAULT_TARGET[0]}", DEFAULT_TARGET[1])
     on_digits = args.data is None
-    if args.updates_between_prunes is None:
-        args.updates_between_prunes = 10 if on_digits else 30
     if args.lr is None:
         args.lr = 1e-3 if on_digits else 1e-4
     _settings_ok(args)  # bad values fail before anything is built, trained or written
@@ -263,9 +283,7 @@ def _prune(args: argparse.Namespace) -> int:
         result = run_prune(
             work.model, work.train, **_targets(args),
             deployment=_deployment(args), cost=cost, optimizer=opt, val_loader=work.val,
-            updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
-            flops_per_prune=args.flops_per_prune, criterion=args.criterion, round_to=args.round_to, selection=args.selection,
-            flops_reg=args.flops_reg, min_accuracy=args.min_accuracy, final_updates=args.final_updates,
+            schedule=schedule_of(args), criterion=args.criterion, flops_reg=args.flops_reg,
             checkpoint_dir=out, resume=args.resume, seed=args.seed, arch=work.arch, progress=args.progress, on_start=on_start,
             exact=args.exact,
         )
@@ -299,12 +317,24 @@ def _prune(args: argparse.Namespace) -> int:
 def _settings_ok(args: argparse.Namespace) -> None:
     """The pruning settings, checked as :func:`fxtaylor.prune` will check them, before the
     model is built (or trained, on digits without a cache)."""
-    from .pruner.options import Schedule, check_ranking, split_options
+    from .pruner.options import check_ranking, split_options
 
-    split_options(None, Schedule(updates_between_prunes=args.updates_between_prunes, maps_per_prune=args.maps_per_prune,
-                                 per_prune=args.flops_per_prune, round_to=args.round_to, selection=args.selection,
-                                 final_updates=args.final_updates, min_accuracy=args.min_accuracy), _targets(args))
+    split_options(None, schedule_of(args), _targets(args))
     check_ranking(args.criterion, "l2", args.flops_reg)
+
+
+def schedule_of(args: argparse.Namespace):
+    """The :class:`~fxtaylor.Schedule` the prune flags describe: ``Schedule.quick()`` with
+    --quick, else the paper's (30 updates between steps; 10 on the digits default, whose small
+    model recovers faster); every schedule flag given wins over either (``--maps-per-prune``
+    replaces --quick's per-step fraction)."""
+    from .pruner.options import Schedule
+
+    base = Schedule.quick() if getattr(args, "quick", False) else Schedule(updates_between_prunes=10 if args.data is None else 30)
+    given = {"updates_between_prunes": args.updates_between_prunes, "maps_per_prune": args.maps_per_prune,
+             "per_prune": args.flops_per_prune, "round_to": args.round_to, "selection": args.selection,
+             "final_updates": args.final_updates, "min_accuracy": args.min_accuracy}
+    return base.override(**{k: v for k, v in given.items() if v is not None})
 
 
 def _targets(args: argparse.Namespace) -> dict[str, float]:

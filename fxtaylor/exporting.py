@@ -27,15 +27,12 @@ fxtaylor`` never needs them.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
-import logging
 import math
 import os
 import re
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -49,6 +46,7 @@ from .devices import device_of
 from .errors import FxTaylorError, WriteError
 from .files import atomic_write, check_writable_dir
 from .optional import require
+from .to_onnx import batch_of, batch_shapes, batched, failure, first_line, program, quiet, widened, with_batch
 
 FORMATS = {"onnx": ".onnx", "torch.export": ".pt2"}  # format → the file suffix it writes
 # the packages each format needs at export time (torch.export needs only torch)
@@ -218,9 +216,7 @@ def eval_copy(model: nn.Module) -> nn.Module:
 def onnx_bytes(model: nn.Module, args: tuple, dynamic_batch: bool) -> tuple[bytes, bool]:
     """The model as a serialised ONNX model (:func:`fxtaylor.to_onnx.program`, the exporter the
     latency runtime measures) and whether its batch is dynamic."""
-    from . import to_onnx
-
-    proto, dynamic = to_onnx.program(model, tuple(args), dynamic_batch=dynamic_batch)
+    proto, dynamic = program(model, tuple(args), dynamic_batch=dynamic_batch)
     try:
         return proto.SerializeToString(), dynamic
     except ValueError as e:  # protobuf's 2 GiB limit
@@ -235,11 +231,9 @@ def pt2_bytes(model: nn.Module, args: tuple, dynamic_batch: bool) -> tuple[bytes
     model's graph fixes its batch)."""
     ep, dynamic = None, False
     if dynamic_batch and batched(args):
-        # a plain tuple: torch.export matches dynamic_shapes to args by pytree type, and Args is not one
-        wide = tuple(with_batch(args, 2) if batch_of(args) == 1 else args)
-        shapes = tuple({0: torch.export.Dim("batch", min=1)} if isinstance(a, torch.Tensor) else None for a in wide)
+        wide = widened(args)
         try:
-            ep, dynamic = trace(model, wide, shapes), True
+            ep, dynamic = trace(model, wide, batch_shapes(wide)), True
         except FxTaylorError:
             pass  # the model fixes its batch: export it as it is
     if ep is None:
@@ -250,8 +244,6 @@ def pt2_bytes(model: nn.Module, args: tuple, dynamic_batch: bool) -> tuple[bytes
 
 
 def trace(model: nn.Module, args: tuple, dynamic_shapes: Any) -> Any:
-    from .to_onnx import failure
-
     try:
         with quiet():
             return torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
@@ -264,25 +256,6 @@ def where(e: BaseException) -> str:
     only the line), as " (at file:line)"; "" when it names none."""
     found = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', str(e))
     return f" (at {Path(found[-1][0]).name}:{found[-1][1]} in {found[-1][2]})" if found else ""
-
-
-@contextlib.contextmanager
-def quiet():
-    """torch.export warns about deprecations and specialisations, and logs the graph of every
-    failed attempt: the error (or the one line :func:`export` returns) says what matters."""
-    # every torch logger that exists by now (a failed guard logs the whole graph from deep inside)
-    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-               if name == "torch" or name.startswith("torch.")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            for lg in loggers:
-                lg.setLevel(logging.CRITICAL)
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
 
 
 # -- loading back and comparing -----------------------------------------------------------------
@@ -315,7 +288,7 @@ def onnx_runner(data: bytes, device: torch.device) -> Callable[[tuple], list[tor
     try:
         session = ort.InferenceSession(data, options, providers=providers)
     except Exception as e:
-        raise FxTaylorError(f"ONNX Runtime cannot load the exported model: {first_line(e)}") from None
+        raise FxTaylorError(f"ONNX Runtime cannot load the exported model: {first_line(e)[:300]}") from None
     names = [i.name for i in session.get_inputs()]
 
     def run(args: tuple) -> list[torch.Tensor]:
@@ -326,7 +299,7 @@ def onnx_runner(data: bytes, device: torch.device) -> Callable[[tuple], list[tor
         try:
             outputs = session.run(None, feed)
         except Exception as e:
-            raise FxTaylorError(f"ONNX Runtime cannot run the exported model: {first_line(e)}") from None
+            raise FxTaylorError(f"ONNX Runtime cannot run the exported model: {first_line(e)[:300]}") from None
         return [torch.from_numpy(o).double() for o in outputs]
     return run
 
@@ -362,33 +335,9 @@ def flat(output: Any) -> list[torch.Tensor]:
     return [t.detach().cpu().double() for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
 
 
-# -- batch sizes --------------------------------------------------------------------------------
-
-def batched(args: tuple) -> bool:
-    """Whether the arguments have one batch dimension to make dynamic: every top-level tensor
-    argument has a dimension 0, all of the same size (the rule of :func:`fxtaylor.to_onnx.program`)."""
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    return bool(tensors) and all(a.dim() > 0 for a in tensors) and len({a.shape[0] for a in tensors}) == 1
-
-
-def batch_of(args: tuple) -> int:
-    return next(a.shape[0] for a in args if isinstance(a, torch.Tensor))
-
+# -- batch sizes (the dynamic-batch rule itself is fxtaylor.to_onnx's) ---------------------------
 
 def other_batch(args: tuple) -> int:
     """A batch size other than the example's, to check a dynamic batch at."""
     return OTHER_BATCH if batch_of(args) != OTHER_BATCH else OTHER_BATCH + 1
 
-
-def with_batch(args: tuple, n: int) -> tuple:
-    """``args`` with every top-level tensor at batch ``n``, its samples repeated in turn."""
-    def grow(a: Any) -> Any:
-        if not isinstance(a, torch.Tensor):
-            return a
-        return a[torch.arange(n, device=a.device) % a.shape[0]]
-    return type(args)(grow(a) for a in args)
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]

@@ -57,6 +57,12 @@ PLOT_FILES = {"accuracy_vs_flops": "accuracy_vs_flops.png", "channels": "channel
 
 DPI = 100  # fixed, so a figure of w×h inches is always a (w·DPI)×(h·DPI) image
 MAX_TICK_LABELS = 40  # more layer names than this on one axis overlap; show every k-th instead
+MIN_ACCURACY_SPAN = 10.0
+"""Fewest accuracy points the y axis spans. A validation set of a few hundred images moves by
+a point or two between steps from noise alone (the digits default: 449 images, one image =
+0.22 points; the run plotted in docs/usage.md wandered over 2.4 points at no trend, and filled
+the whole height with it); at a 10-point span that is a quarter of the height, while a real
+loss of a few points still shows."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,9 +345,17 @@ def accuracy_vs_flops_figure(report: dict):
     """Accuracy against FLOPs left after each pruning step — Fig. 3 of Molchanov et al. (2017).
 
     One marker per history step (steps without accuracy are skipped), the first and last
-    annotated, a dashed vertical line at the target (``target_flops × before.flops``). When no
-    step recorded an accuracy (a run without validation data) the loss is plotted instead, and
-    the y axis says so. FLOPs are in GFLOPs, or MFLOPs / KFLOPs for small models.
+    marked apart and named with their numbers in the legend, a dashed vertical line at the
+    target (``target_flops × before.flops``). When no step recorded an accuracy (a run without
+    validation data) the loss is plotted instead, and the y axis says so. FLOPs are in GFLOPs,
+    or MFLOPs / KFLOPs for small models.
+
+    Nothing written covers the data: the legend, which carries the start and end numbers,
+    stands right of the axes (notes placed next to the points overlapped the curve wherever it
+    turned back on them). The axes do not exaggerate noise: the FLOPs axis starts at 0, so
+    half the FLOPs is half the axis; the accuracy axis spans at least
+    :data:`MIN_ACCURACY_SPAN` points (a run whose accuracy wandered within ±1 point filled the
+    whole height with it, a trend that was not there); a loss axis starts at 0.
 
     Returns the ``matplotlib.figure.Figure`` (7×4.5 in at ``DPI``), e.g. to show in a notebook.
     """
@@ -364,29 +378,53 @@ def accuracy_vs_flops_figure(report: dict):
         ys = [to_y(p[1]) for p in points]
         ax.plot(xs, ys, "o-", color="tab:blue", markersize=4, label=metric)
         # Start and end are the numbers a reader looks for; the steps between show the shape.
-        ends = [(0, "start")] + ([(len(points) - 1, "final" if points[-1][2] == "final" else "end")]
-                                 if len(points) > 1 else [])
-        for i, label in ends:
-            # Pruning moves left: the start is the rightmost point, so its note goes to its left,
-            # the end's to its right — both inside the axes.
-            first = i == 0
-            ax.annotate(f"{label}: {fmt_y(ys[i])}\n{xs[i]:.3g} {unit}", (xs[i], ys[i]),
-                        xytext=(-8 if first else 8, 4 if first else -4), textcoords="offset points",
-                        ha="right" if first else "left", va="bottom" if first else "top", fontsize=8)
-        ax.margins(x=0.08, y=0.12)
+        ends = [(0, "start", "o")] + ([(len(points) - 1, "final" if points[-1][2] == "final" else "end", "D")]
+                                      if len(points) > 1 else [])
+        for i, label, marker in ends:
+            ax.scatter([xs[i]], [ys[i]], s=60, marker=marker, facecolors="none", edgecolors="black", zorder=3,
+                       label=f"{label}: {fmt_y(ys[i])}\n{xs[i]:.3g} {unit}")
+        ax.set_ylim(*value_range(ys, metric))
     else:
         ax.text(0.5, 0.5, "no accuracy or loss recorded", transform=ax.transAxes, ha="center", va="center")
     if target_flops is not None:
         ax.axvline(target_flops / scale, linestyle="--", color="tab:red",
                    label=f"target: {target:.0%} of FLOPs")
+    right = max([p[0] for p in points] + [before_flops or 0, target_flops or 0]) / scale
+    ax.set_xlim(0, 1.05 * right if right > 0 else 1.0)
     ax.set_xlabel(unit)
     ax.set_ylabel("accuracy (%)" if metric == "accuracy" else "loss (no accuracy recorded)")
     name = _model_name(report)
     ax.set_title(f"{name}: {metric} vs FLOPs" if name else f"{metric} vs FLOPs")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize=8)
+        _legend_outside(ax)
     return fig
+
+
+def value_range(ys: list[float], metric: str) -> tuple[float, float]:
+    """The y range of :func:`accuracy_vs_flops_figure`: the values with 8 % margins, widened to
+    :data:`MIN_ACCURACY_SPAN` points about their middle and kept within [0, 100] for accuracy;
+    from 0 for a loss that is never negative (a loss, like a ratio, reads against 0)."""
+    lo, hi = min(ys), max(ys)
+    pad = 0.08 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    if metric == "accuracy":
+        if hi - lo < MIN_ACCURACY_SPAN:
+            mid = (lo + hi) / 2
+            lo, hi = mid - MIN_ACCURACY_SPAN / 2, mid + MIN_ACCURACY_SPAN / 2
+        shift = max(0.0, -lo) - max(0.0, hi - 100.0)  # inside [0, 100]: the span fits, so one side moves
+        return max(0.0, lo + shift), min(100.0, hi + shift)
+    if min(ys) >= 0:
+        lo = 0.0
+    if hi <= lo:  # a flat line: any visible range around it
+        hi = lo + (abs(lo) or 1.0)
+    return lo, hi
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, where no data can be: constrained layout narrows the
+    axes to make room for it."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
 
 
 def plot_channels(report: dict, path: str | os.PathLike) -> None:
@@ -416,7 +454,7 @@ def channels_figure(report: dict):
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(layers[i].get("name", i)) for i in ticks], rotation=90, fontsize=7)
         ax.set_xlim(-0.6, n - 0.4)
-        ax.legend(loc="best", fontsize=8)
+        _legend_outside(ax)  # "best" inside the axes still covered bars when every place had some
     else:
         ax.text(0.5, 0.5, "no layers recorded", transform=ax.transAxes, ha="center", va="center")
     shown = math.ceil(n / MAX_TICK_LABELS) if n else 1

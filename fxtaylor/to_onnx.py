@@ -10,11 +10,16 @@ TorchScript exporter any more, :func:`layer` uses :func:`program`.
 
 Errors: an op the exporter cannot translate becomes one :class:`FxTaylorError` naming the op
 and the exporter's reason; the exporter's own console output and warnings are kept quiet.
+
+Also the one copy of what :mod:`fxtaylor.exporting`'s torch.export path shares with the ONNX
+one: :func:`quiet`, :func:`failure` / :func:`first_line`, and the dynamic-batch rule
+(:func:`batched`, :func:`widened`, :func:`batch_shapes`, :func:`with_batch`).
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import warnings
 from typing import Any
@@ -36,13 +41,10 @@ def program(model: nn.Module, args: tuple, *, dynamic_batch: bool = True) -> tup
     size-1 dimensions); a model whose graph fixes its batch is exported static instead."""
     require("onnx", "ONNX export")
     require("onnxscript", "ONNX export")
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if dynamic_batch and tensors and all(a.dim() > 0 for a in tensors) and len({a.shape[0] for a in tensors}) == 1:
-        wide = tuple(_batch2(a) for a in args)
-        batch = torch.export.Dim("batch", min=1)
-        shapes = tuple({0: batch} if isinstance(a, torch.Tensor) else None for a in args)
+    if dynamic_batch and batched(args):
+        wide = widened(args)
         try:
-            return _export(model, wide, shapes), True
+            return _export(model, wide, batch_shapes(wide)), True
         except FxTaylorError:
             pass  # the model fixes its batch (a reshape to a constant, a batch-dependent branch): export it as it is
     return _export(model, tuple(args), None), False
@@ -54,22 +56,16 @@ def layer(module: nn.Module, x: torch.Tensor) -> bytes:
     require("onnx", "ONNX export")
     buf = io.BytesIO()
     try:
-        with _quiet():
+        with quiet():
             torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=OPSET, do_constant_folding=True)
         return buf.getvalue()
     except (TypeError, ValueError, RuntimeError):  # no TorchScript exporter in this torch
         return program(module, (x,), dynamic_batch=False)[0].SerializeToString()
 
 
-def _batch2(a: Any) -> Any:
-    if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1:
-        return torch.cat([a, a])
-    return a
-
-
 def _export(model: nn.Module, args: tuple, dynamic_shapes) -> Any:
     try:
-        with _quiet():
+        with quiet():
             prog = torch.onnx.export(model, args, dynamo=True, verbose=False, report=False, optimize=True,
                                      dynamic_shapes=dynamic_shapes, opset_version=OPSET)
     except Exception as e:  # the exporter's error classes are private; all of them mean "not exportable"
@@ -90,20 +86,69 @@ def failure(e: BaseException) -> str:
     text = "\n".join(str(c) for c in chain)
     op = re.search(r"target=(torch\.ops\.[\w.]+)", text) or re.search(r"\b(aten[.:]{1,2}\w+(?:\.\w+)?)", text)
     summary = re.findall(r"<class '([\w.]+)'>: (.+)", text)  # the exporter's own "Exception summary", innermost first
-    reason = summary[0][1].strip() if summary else _first_line(chain[-1])
+    reason = summary[0][1].strip() if summary else first_line(chain[-1])
     reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)
     return f"op {op.group(1)}: {reason}" if op else reason
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """``e``'s message's first line, or its type's name when it has none."""
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
 
 
 @contextlib.contextmanager
-def _quiet():
-    """The exporters print progress and warn about deprecations and training mode: a command
-    that exports says what it did itself."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+def quiet():
+    """The exporters (torch.onnx's and torch.export) print progress, warn about deprecations,
+    specialisations and training mode, and log the graph of every failed attempt: the error,
+    or what a command that exports says it did, is what matters."""
+    # every torch logger that exists by now (a failed guard logs the whole graph from deep inside)
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "torch" or name.startswith("torch.")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        yield
+        try:
+            for lg in loggers:
+                lg.setLevel(logging.CRITICAL)
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+# -- the dynamic batch ----------------------------------------------------------------------------
+
+def batched(args: tuple) -> bool:
+    """Whether the arguments have one batch dimension to make dynamic: every top-level tensor
+    argument has a dimension 0, all of the same size."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return bool(tensors) and all(a.dim() > 0 for a in tensors) and len({a.shape[0] for a in tensors}) == 1
+
+
+def batch_of(args: tuple) -> int:
+    """The batch size of :func:`batched` arguments."""
+    return next(a.shape[0] for a in args if isinstance(a, torch.Tensor))
+
+
+def with_batch(args: tuple, n: int) -> tuple:
+    """``args`` with every top-level tensor at batch ``n``, its samples repeated in turn."""
+    def grow(a: Any) -> Any:
+        if not isinstance(a, torch.Tensor):
+            return a
+        return a[torch.arange(n, device=a.device) % a.shape[0]]
+    return type(args)(grow(a) for a in args)
+
+
+def widened(args: tuple) -> tuple:
+    """:func:`batched` arguments as a plain tuple to trace a dynamic batch at: at batch 2 when
+    they have batch 1 (torch.export specialises size-1 dimensions, so batch 1 cannot become a
+    symbol), else as they are. A plain tuple: torch.export matches ``dynamic_shapes`` to the
+    arguments by pytree type, and a tuple subclass (:class:`fxtaylor.examples.Args`) is not one."""
+    return tuple(with_batch(args, 2) if batch_of(args) == 1 else args)
+
+
+def batch_shapes(args: tuple) -> tuple:
+    """The ``dynamic_shapes`` that make dimension 0 of every tensor argument one symbol ``batch``."""
+    batch = torch.export.Dim("batch", min=1)
+    return tuple({0: batch} if isinstance(a, torch.Tensor) else None for a in args)

@@ -285,8 +285,8 @@ def test_accuracy_plot_content(report):
     assert target.get_linestyle() == "--"
     assert ax.get_xlabel() == "GFLOPs" and ax.get_ylabel() == "accuracy (%)"
     assert "resnet18" in ax.get_title()
-    notes = [t.get_text() for t in ax.texts]
-    assert notes == ["start: 72.3 %\n1.82 GFLOPs", "final: 71.1 %\n0.912 GFLOPs"]
+    notes = [t.get_text() for t in ax.get_legend().get_texts()]  # the start and end numbers, off the data
+    assert notes == ["accuracy", "start: 72.3 %\n1.82 GFLOPs", "final: 71.1 %\n0.912 GFLOPs", "target: 50% of FLOPs"]
 
 
 def test_accuracy_plot_falls_back_to_loss(tmp_path, report):
@@ -327,6 +327,113 @@ def test_channels_plot_100_layers(tmp_path):
 def test_channels_plot_few_layers_shows_all_names(report):
     ax = rep.channels_figure(report).axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == [layer["name"] for layer in report["layers"]]
+
+
+def noisy_report(n: int = 50, target: float = 0.5, accuracy: float = 0.94, spread: float = 0.012) -> dict:
+    """A long run whose accuracy only wanders (±``spread``) — the docs' digits plot."""
+    flops0 = 37_100_000
+    history = [{"step": i, "flops": int(flops0 * (1 - (1 - target) * i / n)),
+                "accuracy": accuracy + spread * math.sin(1.7 * i) * (i % 3 - 1)} for i in range(n + 1)]
+    history.append({"step": "final", "flops": history[-1]["flops"], "accuracy": accuracy + spread / 2})
+    return {"history": history, "before": {"flops": flops0}, "target_flops": target, "config": {"model": "resnet18"}}
+
+
+def drawn(fig):
+    """``fig`` laid out and drawn by Agg (as savefig does), and its renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def data_pixels(ax, per_segment: int = 20) -> list[tuple[float, float]]:
+    """Display coordinates of every plotted point of ``ax``'s lines and markers, and of points
+    along each segment between them (a label must clear the line, not only its markers)."""
+    out = []
+    for line in ax.get_lines():
+        xy = ax.transData.transform(list(zip(line.get_xdata(), line.get_ydata())))
+        if line.get_transform() is not ax.transData:  # axvline: x in data, y in axes coordinates
+            xy = line.get_transform().transform(list(zip(line.get_xdata(), line.get_ydata())))
+        for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
+            out += [(x0 + (x1 - x0) * k / per_segment, y0 + (y1 - y0) * k / per_segment) for k in range(per_segment + 1)]
+        out += [tuple(p) for p in xy]
+    for coll in ax.collections:
+        out += [tuple(p) for p in coll.get_offset_transform().transform(coll.get_offsets())]
+    return out
+
+
+def labels_of(fig, ax, renderer):
+    """Every text drawn on the figure that is not a tick label: title, axis labels, notes,
+    the legend (as a whole box)."""
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    if ax.get_legend() is not None:
+        boxes.append(ax.get_legend().get_window_extent(renderer))
+    return boxes + [ax.title.get_window_extent(renderer), ax.xaxis.label.get_window_extent(renderer),
+                    ax.yaxis.label.get_window_extent(renderer)]
+
+
+PLOT_CASES = {
+    "resnet18": make_report(), "noisy": noisy_report(), "target 0.9": noisy_report(n=8, target=0.9),
+    "near 100 %": noisy_report(accuracy=0.995, spread=0.004), "one point": {"history": make_report()["history"][:1]},
+}
+
+
+@pytest.mark.parametrize("case", PLOT_CASES)
+def test_accuracy_plot_labels_never_cover_data(case):
+    """Nothing written — the start/end numbers, the legend, the titles — lies on a plotted point
+    or on the line between two (the start note used to sit on the curve)."""
+    fig = rep.accuracy_vs_flops_figure(copy.deepcopy(PLOT_CASES[case]))
+    renderer = drawn(fig)
+    ax = fig.axes[0]
+    points = data_pixels(ax)
+    assert points
+    for box in labels_of(fig, ax, renderer):
+        inside = [(x, y) for x, y in points if box.x0 <= x <= box.x1 and box.y0 <= y <= box.y1]
+        assert not inside, f"{case}: a label {box} covers data at {inside[:3]}"
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(ax.get_window_extent(renderer))  # outside the axes altogether
+    assert legend.x1 <= fig.bbox.x1 + 1  # and still on the image
+
+
+def test_channels_plot_legend_never_covers_bars(report):
+    for layer in report["layers"]:
+        layer["before"] = 512  # every bar full height: "best" had no free corner
+    fig = rep.channels_figure(report)
+    renderer = drawn(fig)
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(ax.get_window_extent(renderer)) and legend.x1 <= fig.bbox.x1 + 1
+    for bar in ax.patches:
+        assert not legend.overlaps(bar.get_window_extent(renderer))
+
+
+@pytest.mark.parametrize("case", ["noisy", "near 100 %", "resnet18"])
+def test_accuracy_axis_spans_at_least_ten_points(case):
+    """Noise of a point or two does not fill the height: the accuracy axis spans at least
+    MIN_ACCURACY_SPAN points, holds every value, stays within [0, 100]; FLOPs start at 0."""
+    report = PLOT_CASES[case]
+    ax = rep.accuracy_vs_flops_figure(report).axes[0]
+    lo, hi = ax.get_ylim()
+    ys = [100 * h["accuracy"] for h in report["history"]]
+    assert rep.MIN_ACCURACY_SPAN == 10.0
+    assert hi - lo >= rep.MIN_ACCURACY_SPAN * (1 - 1e-9)
+    assert lo <= min(ys) and max(ys) <= hi and 0 <= lo and hi <= 100
+    assert ax.get_xlim()[0] == 0
+    assert ax.get_xlim()[1] >= max(ax.get_lines()[0].get_xdata())
+
+
+def test_accuracy_axis_keeps_a_wide_range_as_it_is():
+    history = [{"step": i, "flops": 1_000_000 - 100_000 * i, "accuracy": a} for i, a in enumerate([0.9, 0.6, 0.3])]
+    lo, hi = rep.accuracy_vs_flops_figure({"history": history}).axes[0].get_ylim()
+    assert lo == pytest.approx(30 - 0.08 * 60, rel=1e-9) and hi == pytest.approx(90 + 0.08 * 60, rel=1e-9)
+
+
+def test_loss_axis_starts_at_zero(report):
+    for h in report["history"]:
+        h["accuracy"] = None
+    ax = rep.accuracy_vs_flops_figure(report).axes[0]
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= max(h["loss"] for h in report["history"])
 
 
 # --- fxtaylor report RUN_DIR ------------------------------------------------------------------

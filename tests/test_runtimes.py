@@ -211,3 +211,23 @@ def test_not_faster_after_a_measured_target_does_not_advise_measuring():
     measured = not_faster(1.0, 0.02, "cpu", measured=True)
     assert "--target-latency" in counted and "--target-latency" not in measured
     assert "cannot remove" in measured and not_faster(0.5, 0.02, measured=True) is None
+
+
+def test_check_runtime_runs_only_what_has_something_to_build(monkeypatch):
+    """``check_runtime`` (prune's up-front check) neither copies nor runs the model in eager
+    PyTorch on its own device and dtype, where the first batch already ran it (a runtime row
+    says it: ``builds``); it does in a runtime that builds (ONNX Runtime's export) and in eager
+    at another dtype."""
+    from fxtaylor.latency import runtimes, timing
+
+    assert [name for name, rt in RUNTIMES.items() if not rt.builds] == ["eager"]
+    built = []
+    real = runtimes.run_once
+    monkeypatch.setattr(timing, "run_once", lambda m, args, dep: built.append(dep.dtype) or real(m, args, dep))
+    model = net()
+    timing.check_runtime(model, X, Deployment(threads=1))
+    assert built == []
+    timing.check_runtime(model, X, Deployment(threads=1, dtype="bfloat16"))
+    assert built == ["bfloat16"]
+    timing.check_runtime(model, X, ORT)
+    assert built == ["bfloat16", "float32"]

@@ -11,14 +11,14 @@ import dataclasses
 import functools
 import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from ..devices import device_of
-from ..errors import FxTaylorError
-from .runtimes import RUNTIMES, runtime_of
+from ..errors import FxTaylorError, options_class
+from .runtimes import RUNTIMES, run_once, runtime_of
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -32,6 +32,7 @@ MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.cont
 DEFAULT_MEMORY_FORMAT = {"cuda": "channels_last", "cpu": "channels_last"}
 
 
+@options_class  # an unknown or missing option is one FxTaylorError line, not a TypeError
 @dataclass(frozen=True)
 class Deployment:
     """How the model will run where it is deployed.
@@ -50,12 +51,15 @@ class Deployment:
     :meth:`resolved` checks the device and that it can run the dtype.
     """
 
-    device: str | None = None
-    batch_size: int = 1
-    dtype: str = "float32"
-    memory_format: str | None = None
-    threads: int | None = None
-    runtime: str = "eager"
+    # metadata["help"]: the field's line in docs/usage.md's table (generated: tests/doc_tables.py)
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:1', ...; None: the device of the model's parameters"})
+    batch_size: int = field(default=1, metadata={"help": "images per forward pass"})
+    dtype: str = field(default="float32", metadata={"help": "'float32', 'float16' or 'bfloat16': the model and input are cast to it for timing"})
+    memory_format: str | None = field(default=None, metadata={
+        "help": "'channels_last' or 'contiguous'; None: the device's default (channels_last on CPU and CUDA; contiguous in a runtime without it)"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads while timing; None: torch.get_num_threads()"})
+    runtime: str = field(default="eager", metadata={
+        "help": "what runs the model there, and so times it: 'eager' (PyTorch), 'onnxruntime', 'torch.compile', 'tensorrt' (docs/latency.md#runtimes)"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.runtime, str) or self.runtime not in RUNTIMES:
@@ -176,12 +180,7 @@ def check_runs(device: str, dtype: str, memory_format: str, runtime: str = "eage
         conv = nn.Conv2d(4, 4, 3, padding=1).eval().requires_grad_(False)
         conv = conv.to(device, DTYPES[dtype], memory_format=MEMORY_FORMATS[memory_format])
         x = torch.randn(1, 4, 8, 8, device=device, dtype=DTYPES[dtype]).to(memory_format=MEMORY_FORMATS[memory_format])
-        rt = runtime_of(runtime)
-        fake = Deployment(device=device, dtype=dtype, memory_format=memory_format, threads=1, runtime=runtime)
-        with rt.timing(1):
-            run = rt.runner(conv, (x,), fake)
-            with torch.inference_mode():
-                run()
+        run_once(conv, (x,), Deployment(device=device, dtype=dtype, memory_format=memory_format, threads=1, runtime=runtime))
     except Exception as e:  # a missing kernel: RuntimeError, NotImplementedError, a runtime's own classes
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = f"{device} ({memory_format})" + ("" if runtime == Deployment.runtime else f" in {runtime}")

@@ -17,7 +17,10 @@ A row (:class:`Runtime`) states:
 - ``tables``: the runtime the per-layer latency tables are timed in — itself, unless building
   a runner per grid point costs too much (torch.compile: 0.73 s per layer configuration here,
   hundreds per model; its tables are eager, its whole-model measurements compiled);
-- ``runner(module, args, dep)``.
+- ``builds``: whether a runner is built from the module (an export, a compile), a step that can
+  refuse a model eager PyTorch runs — what :func:`fxtaylor.latency.timing.check_runtime`
+  checks up front;
+- ``runner(module, args, dep)``; :func:`run_once` builds one and runs it once.
 
 Adding a runtime = adding a row to :data:`RUNTIMES`.
 """
@@ -48,6 +51,7 @@ class Runtime:
     devices: tuple[str, ...] = ("cpu", "cuda")
     formats: tuple[str, ...] = ("channels_last", "contiguous")
     tables: str | None = None  # None: tables are timed in this runtime
+    builds = True  # the runner is built from the module (an export, a compile), which can fail on its own
 
     def version(self) -> str:
         if self.package is None:
@@ -103,6 +107,7 @@ class Runtime:
 
 class Eager(Runtime):
     name, label = "eager", "eager PyTorch"
+    builds = False  # the runner is the module itself: it runs wherever the module ran
 
     def runner(self, module: nn.Module, args: tuple, dep: Any) -> Runner:
         return functools.partial(module, *args)
@@ -283,6 +288,18 @@ def runtime_of(name: str) -> Runtime:
         return RUNTIMES[name]
     except KeyError:
         raise FxTaylorError(f"latency runtime {name!r} is unknown: use one of {', '.join(RUNTIMES)}") from None
+
+
+def run_once(module: nn.Module, args: tuple, dep: Any) -> None:
+    """Build ``dep.runtime``'s runner for ``module`` (prepared: eval, device, dtype, format) on
+    ``args`` and run it once in inference mode: what a runtime cannot take (a kernel missing for
+    a dtype, an op the exporter lacks, a graph the compiler rejects) raises here, as the
+    runtime raised it. A runner the runtime caches (ONNX Runtime's sessions) stays cached."""
+    rt = runtime_of(dep.runtime)
+    with rt.timing(1):
+        run = rt.runner(module, args, dep)
+        with torch.inference_mode():
+            run()
 
 
 def fingerprint(module: nn.Module, tensors: list[torch.Tensor], dep: Any) -> str:

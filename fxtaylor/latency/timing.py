@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import statistics
 import time
@@ -26,12 +27,24 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 import torch.utils._pytree as pytree
-from torch.utils import benchmark
+
+
+# torch.utils.benchmark imports torch.utils.cpp_extension, which logs "No CUDA runtime is found"
+# as it loads on a CPU-only torch wherever a CUDA toolkit is installed: every fxtaylor command
+# printed it. That one logger is muted for this import; nothing else is silenced.
+_cpp_log = logging.getLogger("torch.utils.cpp_extension")
+_level = _cpp_log.level
+_cpp_log.setLevel(logging.ERROR)
+try:
+    from torch.utils import benchmark
+finally:
+    _cpp_log.setLevel(_level)
 
 from .. import examples
+from ..devices import device_of
 from ..errors import FxTaylorError, describe
 from .deployment import Deployment
-from .runtimes import runtime_of
+from .runtimes import run_once, runtime_of
 
 BLOCK_S = 0.005  # shortest block worth timing: the timer's ~µs overhead stays below 1 %
 WARMUP = 2  # untimed runs first: oneDNN/cuDNN pick and cache their kernels on the first call
@@ -100,20 +113,28 @@ def check_runtime(model: nn.Module, example: Any, deployment: Deployment) -> Non
     model the runtime cannot take — an op the ONNX exporter lacks, a graph torch.compile
     rejects — fails before a run starts rather than at its first measurement. The runner is
     kept where the runtime caches them (ONNX Runtime's sessions): the run's first measurement
-    of the dense model reuses it."""
+    of the dense model reuses it.
+
+    A runtime with nothing to build (eager PyTorch: :attr:`Runtime.builds`) deployed on the
+    model's own device and dtype is not run: the caller ran the model there already (its first
+    batch), and a copy and a forward pass would only repeat that."""
     dep = deployment.resolved(model)
+    rt = runtime_of(dep.runtime)
+    if not rt.builds and dep.torch_device == device_of(model) and dep.torch_dtype == _float_dtype(model):
+        return
     copies = [prepare(model, dep)]
     x = batch_like(example_for(copies, example, dep), dep)
-    rt = runtime_of(dep.runtime)
     try:
-        with rt.timing(1):
-            run = rt.runner(copies[0], tuple(x) if isinstance(x, _Args) else (x,), dep)
-            with torch.inference_mode():
-                run()
+        run_once(copies[0], tuple(x) if isinstance(x, _Args) else (x,), dep)
     except FxTaylorError as e:
         raise FxTaylorError(f"the model cannot be timed in {rt.label}: {e}") from None
     except Exception as e:
         raise FxTaylorError(f"the model cannot be timed in {rt.label}: {describe(e)}") from e
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter or buffer (None: it has none)."""
+    return next((t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
 
 
 def check_models(models: Any) -> list[nn.Module]:

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +34,7 @@ from ..latency.verdict import not_faster
 from ..graph import trace
 from ..importance.base import GraphImportance
 from . import inputs, measure, state
+from .eta import Eta, about, eta_line, steps_text
 from .options import Schedule, Target, check_ranking, split_options
 from .pruner import Pruner, compare
 from .result import PruneResult
@@ -101,6 +103,12 @@ def prune(
     ``round_to=8`` keeps every group at a multiple of 8 channels (None: what the latency tables
     measured as faster). ``selection``: ``"rank"`` or ``"knapsack"``. ``tolerance``: a FLOPs
     run ends with FLOPs in ``[target·(1 − tolerance), target]``; ``final_updates`` more updates.
+    ``schedule=Schedule.quick()``: fewer, larger steps for a first look (10 to half the
+    resource), at some cost in accuracy; keywords given with it win.
+
+    Time: after the first :data:`~fxtaylor.pruner.eta.ETA_AFTER` steps the remaining steps and time are predicted
+    from them (:class:`~fxtaylor.pruner.eta.Eta`); with ``progress`` one line says so and the bar keeps the latest
+    estimate; ``result.timings["eta"]`` holds the first prediction beside what followed it.
 
     Training: ``train_loader`` yields batches; by default ``loss_fn(model(inputs), labels)``
     (cross-entropy) is minimised with ``optimizer`` (the paper's SGD: lr 1e-4, momentum 0.9,
@@ -400,14 +408,20 @@ class Run:
         unit = f"% {what}"
         bar = tqdm(total=round(100 * (1 - self.target.fraction), 1), desc="pruning", unit=unit,
                    disable=not self.progress, bar_format="{l_bar}{bar}| {n:.1f}/{total} {unit} [{elapsed}{postfix}]")
-        bar.n = min(round(100 * (1 - p.ratio), 1), bar.total)
+        ratio = p.ratio
+        bar.n = min(round(100 * (1 - ratio), 1), bar.total)
         bar.refresh()
+        t = self.target
+        self.eta = Eta(t.fraction * (1 + t.tolerance) if r.measured else t.fraction, s.updates_between_prunes, s.final_updates,
+                       time.perf_counter())
         try:
             while True:
                 if p.done:
                     return True, "target reached"
                 step = len(self.history)
+                started = time.perf_counter()
                 loss = self._updates(s.updates_between_prunes, step, observe=True)
+                self.eta.updated(time.perf_counter() - started)
                 snapshot = copy.deepcopy((self.model, self.opt, self.removed)) if s.min_accuracy is not None else None
                 rejected = p.rejected
                 gone = p.step()
@@ -436,9 +450,15 @@ class Run:
                     return False, f"accuracy floor: step {step} gave {acc:.2%} < {s.min_accuracy:.2%}"
                 self.history.append(rec)
                 self._checkpoint()
-                bar.n = min(round(100 * (1 - p.ratio), 1), bar.total)
-                bar.set_postfix_str(f"step {step}, {what} {p.ratio:.1%}" + (f", acc {acc:.2%}" if acc is not None else ""))
-                if self.training.on_step is not None:
+                before, ratio = ratio, p.ratio
+                bar.n = min(round(100 * (1 - ratio), 1), bar.total)
+                flops = (self.history[-2]["flops"], rec["flops"])  # while it trained, after the cut
+                eta, first = self.eta.step(step, before - ratio, ratio, flops, time.perf_counter())
+                if first and self.progress:  # once, where the bars are (stderr), between them
+                    tqdm.write(f"pruning: {eta_line(first, what)}", file=sys.stderr)
+                bar.set_postfix_str(f"step {step}, {what} {ratio:.1%}" + (f", acc {acc:.2%}" if acc is not None else "")
+                                    + (f", ≈ {steps_text(eta['steps_left'])} / {about(eta['seconds_left'])} left" if eta else ""))
+                if self.training.on_step is not None:  # (its time counts in the next step's)
                     self.training.on_step(rec)
         finally:
             bar.close()
@@ -583,6 +603,8 @@ class Run:
             loss = self._updates(self.schedule.final_updates, "final", observe=False)
             self.history.append(self._record("final", 0, loss, self._evaluate()))
         self.timings["final_s"] = time.perf_counter() - t
+        if self.eta.first is not None:  # the first prediction beside what followed it
+            self.timings["eta"] = self.eta.outcome(self.history, time.perf_counter())
         last = self.history[-1]
         last_acc = last["accuracy"] if last["accuracy"] is not None and not last.get("reverted") else self._evaluate()
         after = {"flops": self._flops(), "params": measure.params(self.model), "accuracy": last_acc}
@@ -654,3 +676,4 @@ class Run:
         if self.imp.model is self.model:
             return self.imp.total_flops()
         return flops.count(self.model, self.example)[0]
+

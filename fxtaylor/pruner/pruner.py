@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .. import distributed, optim
+from .. import distributed
 from ..cost import RESOURCES, CostModel
 from ..cost.latency_cost import ROUNDS
 from ..errors import FxTaylorError
@@ -315,8 +315,7 @@ class Pruner:
                 self.now, recalibrated = distributed.broadcast(now_ms), True
                 continue
             if ok:
-                for c in cuts:
-                    optim.prune_keeping_state(self.imp.graph, c.group, c.channels, self.optimizer)
+                self.imp.graph.prune_many([(c.group, c.channels) for c in cuts], optimizer=self.optimizer)
                 self.now = distributed.broadcast(trial_ms)
                 return units.tolist()
             self.rejected += 1

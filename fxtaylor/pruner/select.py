@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import optim
 from ..cost import CostModel
 from ..graph import ChannelGroup
 from ..importance.base import GraphImportance
@@ -157,7 +156,7 @@ def cut(imp: GraphImportance, target: float, k: int | None = None, tolerance: fl
             break
         for c in cuts:
             removed += c.group.units[c.channels].tolist()
-        optim.prune_many_keeping_state(imp.graph, [(c.group, c.channels) for c in cuts], optimizer)
+        imp.graph.prune_many([(c.group, c.channels) for c in cuts], optimizer=optimizer)
         if len(removed) >= k or cost.sync(imp.graph, imp.example_inputs).total() <= target:
             break
     return removed

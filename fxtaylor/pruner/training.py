@@ -9,9 +9,12 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
+from ..errors import options_class
+
 AUX_WEIGHT = 0.3  # GoogLeNet's (Szegedy et al. 2015) weight of each auxiliary classifier's loss
 
 
+@options_class  # an unknown or missing option is one FxTaylorError line, not a TypeError
 @dataclass
 class Training:
     """Everything :func:`fxtaylor.prune` does besides pruning: the update (``loss_fn``, or the
