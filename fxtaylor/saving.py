@@ -219,7 +219,7 @@ def _resized(model: nn.Module, now: dict, where: str) -> dict | None:
         raise FxTaylorError(f"{where}: the model was cut by other means since fxtaylor traced it, and tracing it again to "
                             f"record its widths failed: {e}") from e
     finally:
-        model.__dict__[arch_record.TRACED] = then  # this trace is the save's, not the user's
+        arch_record.retraced(model, then)  # this trace is the save's, not the user's
     arch = {"kind": "resized", "base": copy.deepcopy(then["arch"]), "input_shape": then["input_shape"],
             "trace": then["trace"], "widths": arch_record.group_widths(graph)}
     _check_rebuilds(arch, now, where)

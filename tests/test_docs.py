@@ -185,11 +185,12 @@ def _bound(dotted: str, real):
 
     def call(*args, **kwargs):
         bound = sig.bind(*args, **kwargs)
-        if dotted == "fxtaylor.prune":
+        if {"target", "schedule", "options"} <= set(sig.parameters):  # fxtaylor.prune, fxtaylor.Pruner
             from fxtaylor.pruner.options import split_options
 
             a = bound.arguments
-            split_options(a.get("target"), a.get("schedule"), dict(a.get("options", {})))
+            split_options(a.get("target"), a.get("schedule"), dict(a.get("options", {})))  # target_flops=, ... by name
+        if dotted == "fxtaylor.prune":
             return _autospec_result()
         from unittest import mock
 

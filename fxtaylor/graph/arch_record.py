@@ -24,6 +24,7 @@ Imports only torch: the graph layer writes the record, :mod:`fxtaylor.saving` re
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,9 @@ import torch
 import torch.nn as nn
 
 ATTR = "_fxtaylor_arch_record"  # the attribute of the root module holding the record
-TRACED = "_fxtaylor_traced"  # what the model was at its last trace: its base, input and trace settings
+# what each model was at its last trace (its base, input and trace settings): beside the model,
+# not in it, because tracing leaves a model as it was; weak, so a model that goes is forgotten
+TRACED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 BASED = ("pruned", "resized")  # the record kinds built from a "base" record
 
 
@@ -119,7 +122,7 @@ def start(model: nn.Module, args: tuple, trace_kwargs: dict) -> Pending:
     found = current(model, now)
     pending = (Pending(found["arch"], found.get("root_shapes"), args_shape(args), trace_kwargs) if found is not None
                else Pending({"kind": "custom"}, now, args_shape(args), trace_kwargs))
-    model.__dict__[TRACED] = {"arch": pending.base, "root_shapes": pending.root_shapes, "input_shape": pending.input_shape,
+    TRACED[model] = {"arch": pending.base, "root_shapes": pending.root_shapes, "input_shape": pending.input_shape,
                               "trace": trace_kwargs, "shapes": now}
     return pending
 
@@ -127,8 +130,14 @@ def start(model: nn.Module, args: tuple, trace_kwargs: dict) -> Pending:
 def traced(model: nn.Module) -> dict | None:
     """What ``model`` was at its last :func:`fxtaylor.trace`: ``{"arch": its record then (or
     custom), "root_shapes", "input_shape", "trace", "shapes"}``, or None if never traced."""
-    found = model.__dict__.get(TRACED) if isinstance(model, nn.Module) else None
-    return found if isinstance(found, dict) else None
+    return TRACED.get(model) if isinstance(model, nn.Module) else None
+
+
+def retraced(model: nn.Module, then: dict | None) -> None:
+    """Put back what ``model`` was at its last trace (``then``, from :func:`traced`) after a
+    trace made for another purpose (saving) replaced it."""
+    if then is not None:
+        TRACED[model] = then
 
 
 def group_widths(graph: Any) -> list[list]:
