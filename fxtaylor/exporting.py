@@ -42,7 +42,7 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from . import examples
-from .devices import device_of
+from .devices import device_of, float_dtype
 from .errors import FxTaylorError, WriteError
 from .files import atomic_write, check_writable_dir
 from .optional import require
@@ -139,9 +139,7 @@ def example_of(shape: Any, model: nn.Module) -> Any:
     batch 1: the recorded batch is whatever the run's example had, the deployment's is 1."""
     if not isinstance(shape, list) or not shape:
         raise FxTaylorError(f"no input shape recorded (got {shape!r:.40}): pass example_inputs")
-    first = next((t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()), None)
-    device = device_of(model)
-    dtype = first.dtype if first is not None else torch.float32
+    device, dtype = device_of(model), float_dtype(model)
 
     def rand(s: Any) -> Any:
         if isinstance(s, list) and s and all(isinstance(d, int) for d in s):

@@ -106,10 +106,13 @@ class Pending:
     removed: list[int] = field(default_factory=list)
 
     def arch(self) -> dict:
-        if not self.removed:
-            return self.base
-        return {"kind": "pruned", "base": self.base, "input_shape": self.input_shape, "trace": self.trace,
-                "removed_units": list(self.removed)}
+        return pruned(self.base, self.input_shape, self.trace, self.removed) if self.removed else self.base
+
+
+def pruned(base: dict, input_shape: Any, trace: dict, removed: list[int]) -> dict:
+    """The record of ``base`` traced with an input of ``input_shape`` and ``trace`` settings,
+    minus the ``removed`` units of its channel graph (:func:`fxtaylor.models.replay`)."""
+    return {"kind": "pruned", "base": base, "input_shape": input_shape, "trace": trace, "removed_units": list(removed)}
 
 
 def start(model: nn.Module, args: tuple, trace_kwargs: dict) -> Pending:

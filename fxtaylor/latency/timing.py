@@ -41,7 +41,7 @@ finally:
     _cpp_log.setLevel(_level)
 
 from .. import examples
-from ..devices import device_of
+from ..devices import device_of, float_dtype
 from ..errors import FxTaylorError, describe
 from .deployment import Deployment
 from .runtimes import run_once, runtime_of
@@ -120,7 +120,7 @@ def check_runtime(model: nn.Module, example: Any, deployment: Deployment) -> Non
     batch), and a copy and a forward pass would only repeat that."""
     dep = deployment.resolved(model)
     rt = runtime_of(dep.runtime)
-    if not rt.builds and dep.torch_device == device_of(model) and dep.torch_dtype == _float_dtype(model):
+    if not rt.builds and dep.torch_device == device_of(model) and dep.torch_dtype == float_dtype(model, None):
         return
     copies = [prepare(model, dep)]
     x = batch_like(example_for(copies, example, dep), dep)
@@ -130,11 +130,6 @@ def check_runtime(model: nn.Module, example: Any, deployment: Deployment) -> Non
         raise FxTaylorError(f"the model cannot be timed in {rt.label}: {e}") from None
     except Exception as e:
         raise FxTaylorError(f"the model cannot be timed in {rt.label}: {describe(e)}") from e
-
-
-def _float_dtype(model: nn.Module) -> torch.dtype | None:
-    """The dtype of the model's first floating parameter or buffer (None: it has none)."""
-    return next((t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
 
 
 def check_models(models: Any) -> list[nn.Module]:

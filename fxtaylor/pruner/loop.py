@@ -31,7 +31,7 @@ from ..cost import RESOURCES
 from ..errors import FxTaylorError, describe
 from ..latency.timing import check_runtime
 from ..latency.verdict import not_faster
-from ..graph import trace
+from ..graph import arch_record, trace
 from ..importance.base import GraphImportance
 from . import inputs, measure, state
 from .eta import Eta, about, eta_line, steps_text
@@ -574,10 +574,9 @@ class Run:
         return rec
 
     def arch(self) -> dict:
-        return {
-            "kind": "pruned", "base": self.training.arch or {"kind": "custom"}, "input_shape": models.shapes(self.example),
-            "trace": self.trace_kwargs, "removed_units": list(self.removed),
-        }
+        # always a pruning record, even before the first cut: resume replays it onto the model passed in
+        return arch_record.pruned(self.training.arch or {"kind": "custom"}, models.shapes(self.example), self.trace_kwargs,
+                                  self.removed)
 
     def _checkpoint(self) -> None:
         if self.ckpt_path is None:
